@@ -1,0 +1,154 @@
+"""``estimate_llc``: one call, calibrated defaults, an LLC with its error bars."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Callable
+
+import jax
+
+from slt_jax import samplers as sampler_module
+from slt_jax.calibration import DEFAULT_SAFETY_FACTOR, calibrate_step_size
+from slt_jax.estimators.llc import LLCResult, llc
+from slt_jax.samplers import Sampler, default_nbeta
+from slt_jax.sampling import evaluate_loss, num_examples, sample
+
+PyTree = Any
+
+SAMPLER_FACTORIES = {
+    "sgld": sampler_module.sgld,
+    "rmsprop_sgld": sampler_module.rmsprop_sgld,
+    "adam_sgld": sampler_module.adam_sgld,
+    "sgnht": sampler_module.sgnht,
+    "sghmc": sampler_module.sghmc,
+}
+
+DEFAULT_BATCH_SIZE = 500
+
+
+def estimate_llc(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    data: PyTree,
+    *,
+    key: jax.Array,
+    sampler: str | Sampler | None = None,
+    nbeta: float | None = None,
+    localization: float = 1.0,
+    step_size: float | None = None,
+    num_chains: int = 4,
+    num_draws: int = 4000,
+    num_burnin: int | None = None,
+    steps_per_draw: int = 1,
+    batch_size: int | None | str = "auto",
+    init_loss: float | None = None,
+    safety_factor: float = DEFAULT_SAFETY_FACTOR,
+    max_retries: int = 3,
+    progress: bool = False,
+) -> LLCResult:
+    r"""Estimate the local learning coefficient of ``loss_fn`` at ``params`` with defaults.
+
+    .. math::
+
+        \hat\lambda(w^*) = n\beta\,\big(\mathbb E_{p}[L_n(w)] - L_n(w^*)\big),\qquad
+        p(w) \propto e^{-n\beta L_n(w) - \frac{\gamma}{2}\lVert w - w^*\rVert^2}
+
+    (Lau et al. 2023, arXiv 2308.12108). Defaults: SGLD, :math:`n\beta = n/\log n`,
+    :math:`\gamma = 1`, batch size ``min(n, 500)``, 4 chains × 4000 draws after
+    ``num_draws // 2`` burn-in steps, and a step size calibrated from the top Hessian eigenvalue
+    at :math:`w^*` (:func:`slt_jax.calibration.calibrate_step_size`). If a chain diverges with a
+    calibrated step size, the step size is halved and the run repeated (``max_retries`` times);
+    every choice is recorded in ``result.hyperparameters``.
+
+    Args:
+      sampler: ``None``/``"sgld"``, another sampler name (``"rmsprop_sgld"``, ``"adam_sgld"``,
+        ``"sgnht"``, ``"sghmc"``), or a ready sampler from :mod:`slt_jax.samplers` (then its
+        own hyperparameters are used and nothing is calibrated).
+      nbeta, localization, step_size: override the defaults / calibration.
+      batch_size: ``"auto"`` for ``min(n, 500)``, ``None`` for full batch, or an int.
+      init_loss: :math:`L_n(w^*)`; computed on the full data in chunks if not given.
+    """
+    start = time.perf_counter()
+    n = num_examples(data)
+    if batch_size == "auto":
+        batch_size = min(n, DEFAULT_BATCH_SIZE)
+    if num_burnin is None:
+        num_burnin = num_draws // 2
+    calibration_key, sampling_key = jax.random.split(key)
+    if init_loss is None:
+        init_loss = float(evaluate_loss(loss_fn, params, data))
+
+    calibration = None
+    if isinstance(sampler, Sampler):
+        if nbeta is not None or step_size is not None:
+            raise TypeError(
+                "pass nbeta/step_size either to the sampler or to estimate_llc, not both"
+            )
+        chosen = sampler
+        nbeta = float(sampler.hyperparameters["nbeta"])
+    else:
+        name = "sgld" if sampler is None else sampler
+        if name not in SAMPLER_FACTORIES:
+            raise ValueError(
+                f"unknown sampler {name!r}; expected one of {sorted(SAMPLER_FACTORIES)} or a "
+                "sampler object from slt_jax.samplers"
+            )
+        nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
+        if step_size is None:
+            calibration = calibrate_step_size(
+                loss_fn,
+                params,
+                data,
+                key=calibration_key,
+                nbeta=nbeta,
+                localization=localization,
+                sampler_name=name,
+                safety_factor=safety_factor,
+            )
+            step_size = calibration.step_size
+        chosen = SAMPLER_FACTORIES[name](step_size, nbeta, localization)
+
+    retries = 0
+    while True:
+        trace = sample(
+            loss_fn,
+            params,
+            data,
+            chosen,
+            key=sampling_key,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin=num_burnin,
+            steps_per_draw=steps_per_draw,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        diverged = bool(trace.diverged.any())
+        if not diverged or calibration is None or retries >= max_retries:
+            break
+        retries += 1
+        new_step = float(chosen.hyperparameters["step_size"]) / 2.0
+        warnings.warn(
+            f"{int(trace.diverged.sum())} chain(s) diverged at step_size="
+            f"{float(chosen.hyperparameters['step_size']):.3g}; retrying with {new_step:.3g}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        chosen = chosen.replace(step_size=new_step)
+
+    result = llc(trace, nbeta=nbeta, init_loss=init_loss)
+    hyperparameters = {
+        "sampler": chosen.name,
+        **{k: float(v) for k, v in chosen.hyperparameters.items()},
+        "num_chains": num_chains,
+        "num_draws": num_draws,
+        "num_burnin": num_burnin,
+        "steps_per_draw": steps_per_draw,
+        "batch_size": batch_size,
+        "num_examples": n,
+        "step_size_halvings": retries,
+        "calibration": calibration,
+        "wall_time_seconds": time.perf_counter() - start,
+    }
+    return result._replace(hyperparameters=hyperparameters)

@@ -1,0 +1,63 @@
+"""SGMCMC samplers as optax gradient transformations (MATH.md §1)."""
+
+from slt_jax.samplers._base import (
+    Preconditioner,
+    Sampler,
+    add_localization,
+    apply_mask,
+    mask_as_floats,
+    scale_by_nbeta,
+    standard_normal_like,
+    validate_mask,
+)
+from slt_jax.samplers._langevin import (
+    AdamPreconditionerState,
+    PreconditionedLangevinState,
+    RMSPropPreconditionerState,
+    SGHMCState,
+    SGNHTState,
+    adam_preconditioner,
+    adam_sgld,
+    default_nbeta,
+    identity_preconditioner,
+    preconditioned_langevin,
+    rmsprop_preconditioner,
+    rmsprop_sgld,
+    sghmc,
+    sgld,
+    sgnht,
+)
+from slt_jax.samplers.mala import (
+    langevin_proposal,
+    mala_acceptance,
+    mala_acceptance_probability,
+)
+
+__all__ = [
+    "AdamPreconditionerState",
+    "PreconditionedLangevinState",
+    "Preconditioner",
+    "RMSPropPreconditionerState",
+    "SGHMCState",
+    "SGNHTState",
+    "Sampler",
+    "adam_preconditioner",
+    "adam_sgld",
+    "add_localization",
+    "apply_mask",
+    "default_nbeta",
+    "identity_preconditioner",
+    "langevin_proposal",
+    "mala_acceptance",
+    "mala_acceptance_probability",
+    "mask_as_floats",
+    "preconditioned_langevin",
+    "rmsprop_preconditioner",
+    "rmsprop_sgld",
+    "scale_by_nbeta",
+    "sghmc",
+    "sgld",
+    "sgnht",
+    "standard_normal_like",
+    "validate_mask",
+]

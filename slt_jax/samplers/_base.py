@@ -1,0 +1,179 @@
+"""Pytree primitives shared by every sampler: localization, noise, masks, validation.
+
+All functions here are pure and operate leaf-wise on parameter pytrees, so a sampler is
+a short composition of them (see :mod:`slt_jax.samplers._langevin`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+
+class Sampler(optax.GradientTransformationExtraArgs):
+    """An optax ``GradientTransformationExtraArgs`` that also remembers how it was built.
+
+    ``init(params)`` records the localization center ``w*``;
+    ``update(grads, state, params, *, key)`` returns updates for ``optax.apply_updates``.
+
+    On top of the optax protocol a ``Sampler`` carries ``name``, ``factory``,
+    ``hyperparameters`` (numeric values: step size, nβ, γ, ...), ``static`` (non-numeric
+    options) and ``mask``. :func:`slt_jax.sample` passes ``hyperparameters`` and ``mask``
+    into its compiled program as *data*, so a new step size or nβ does not recompile.
+    """
+
+    def __new__(cls, init, update, *, name, factory, hyperparameters, static=(), mask=None):
+        self = super().__new__(cls, init, update)
+        self.name = name
+        self.factory = factory
+        self.hyperparameters = dict(hyperparameters)
+        self.static = tuple(static)
+        self.mask = mask
+        return self
+
+    def rebuild(self, hyperparameters, mask):
+        """The same sampler with (possibly traced) hyperparameter values and mask."""
+        return self.factory(**hyperparameters, **dict(self.static), mask=mask)
+
+    def replace(self, **hyperparameters):
+        """A copy with some hyperparameters changed, e.g. ``sampler.replace(step_size=1e-5)``."""
+        unknown = set(hyperparameters) - set(self.hyperparameters)
+        if unknown:
+            raise TypeError(
+                f"{self.name} has no hyperparameter(s) {sorted(unknown)}; "
+                f"expected some of {sorted(self.hyperparameters)}"
+            )
+        merged = {**self.hyperparameters, **hyperparameters}
+        return self.factory(**merged, **dict(self.static), mask=self.mask)
+
+    def __repr__(self):
+        values = ", ".join(f"{k}={_format(v)}" for k, v in self.hyperparameters.items())
+        statics = "".join(f", {k}={v!r}" for k, v in self.static)
+        masked = ", mask=..." if self.mask is not None else ""
+        return f"{self.name}({values}{statics}{masked})"
+
+
+def _format(value):
+    if isinstance(value, (float, int, np.floating, np.integer)):
+        return f"{float(value):.4g}"
+    return "<traced>"
+
+
+def _is_concrete(value) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def check_positive(name: str, value, allow_zero: bool = False) -> None:
+    """Raise ``ValueError`` if a concrete hyperparameter is not (strictly) positive."""
+    if not _is_concrete(value):
+        return
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    bad = (array < 0) if allow_zero else (array <= 0)
+    if np.any(bad) or not np.all(np.isfinite(array)):
+        relation = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {relation}, got {value!r}")
+
+
+def check_unit_interval(name: str, value) -> None:
+    """Raise ``ValueError`` if a concrete value is not in [0, 1)."""
+    if not _is_concrete(value):
+        return
+    if not (0.0 <= float(value) < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def add_localization(drift: PyTree, params: PyTree, center: PyTree, localization) -> PyTree:
+    r"""Add the localization (prior) force :math:`\gamma (w - w^*)` to a drift pytree."""
+    return jax.tree.map(lambda d, w, c: d + localization * (w - c), drift, params, center)
+
+
+def scale_by_nbeta(grads: PyTree, nbeta) -> PyTree:
+    r""":math:`n\beta \cdot g`: the tempered likelihood force from the mean-loss gradient."""
+    return jax.tree.map(lambda g: nbeta * g, grads)
+
+
+def standard_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
+    """Independent ``N(0, 1)`` noise with the structure, shapes and dtypes of ``tree``."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    noise = [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
+    return jax.tree.unflatten(treedef, noise)
+
+
+def mask_as_floats(mask: PyTree | None, params: PyTree) -> PyTree | None:
+    """Turn a boolean mask (per leaf or per element) into float arrays shaped like ``params``.
+
+    Raises ``ValueError``/``TypeError`` when the mask does not match ``params``.
+    """
+    if mask is None:
+        return None
+    validate_mask(mask, params)
+    return jax.tree.map(
+        lambda m, p: jnp.broadcast_to(jnp.asarray(m, dtype=jnp.result_type(p)), jnp.shape(p)),
+        mask,
+        params,
+    )
+
+
+def validate_mask(mask: PyTree, params: PyTree) -> None:
+    """Check that ``mask`` has the tree structure of ``params`` and leaf shapes () or the leaf's."""
+    mask_structure = jax.tree.structure(mask)
+    params_structure = jax.tree.structure(params)
+    if mask_structure != params_structure:
+        raise ValueError(
+            "mask must be a pytree of booleans with the same structure as params; "
+            f"got mask structure {mask_structure} but params structure {params_structure}"
+        )
+    for path_and_mask, p in zip(jax.tree_util.tree_leaves_with_path(mask), jax.tree.leaves(params)):
+        path, m = path_and_mask
+        m_shape = jnp.shape(m)
+        if m_shape not in ((), jnp.shape(p)):
+            raise ValueError(
+                f"mask leaf at {jax.tree_util.keystr(path)} has shape {m_shape}; expected () "
+                f"(whole leaf) or the parameter's shape {jnp.shape(p)}"
+            )
+        if _is_concrete(m):
+            dtype = np.asarray(m).dtype
+            if dtype.kind not in "bfiu":
+                raise TypeError(
+                    f"mask leaf at {jax.tree_util.keystr(path)} must be boolean, got dtype {dtype}"
+                )
+
+
+def apply_mask(tree: PyTree, mask: PyTree | None) -> PyTree:
+    """Zero the masked-out coordinates (``mask`` already converted by :func:`mask_as_floats`)."""
+    if mask is None:
+        return tree
+    return jax.tree.map(lambda x, m: x * m, tree, mask)
+
+
+def tree_sum_of_squares(tree: PyTree):
+    return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+
+
+def tree_size(tree: PyTree, mask: PyTree | None = None):
+    """Number of (unmasked) coordinates."""
+    if mask is None:
+        return sum(jnp.size(x) for x in jax.tree.leaves(tree))
+    return sum(jnp.sum(m) for m in jax.tree.leaves(mask))
+
+
+class Preconditioner(NamedTuple):
+    """A diagonal preconditioner for Langevin dynamics.
+
+    ``init(params) -> state``; ``update(grads, state) -> (drift_grads, preconditioner, state)``
+    where ``drift_grads`` replaces the loss gradient in the drift (e.g. Adam's bias-corrected
+    first moment) and ``preconditioner`` is a pytree (or scalar) :math:`P` multiplying drift and
+    noise variance.
+    """
+
+    init: Callable[[PyTree], Any]
+    update: Callable[[PyTree, Any], tuple[PyTree, PyTree, Any]]

@@ -1,0 +1,473 @@
+r"""Stochastic-gradient MCMC samplers as optax gradient transformations.
+
+Conventions (MATH.md §1, the SLT convention): step size :math:`\epsilon`, drift
+:math:`\epsilon/2`, noise :math:`\sqrt{\epsilon}`. With :math:`g = \nabla L_B(w)` the gradient of
+the minibatch *mean* loss, every sampler targets the localized tempered posterior
+
+.. math::
+
+    p(w) \propto \exp\!\big(-n\beta\, L_n(w) - \tfrac{\gamma}{2}\lVert w - w^*\rVert^2\big),
+
+whose potential is :math:`U(w) = n\beta L_n(w) + \tfrac{\gamma}{2}\lVert w - w^*\rVert^2`.
+``init(params)`` records :math:`w^*`; ``update(grads, state, params, *, key)`` returns the
+updates :math:`\Delta w` for ``optax.apply_updates``. A ``mask`` (booleans per leaf or per
+element) multiplies drift and noise, so masked-out coordinates never move.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from slt_jax.samplers._base import (
+    Preconditioner,
+    Sampler,
+    add_localization,
+    apply_mask,
+    check_positive,
+    check_unit_interval,
+    mask_as_floats,
+    scale_by_nbeta,
+    standard_normal_like,
+    tree_size,
+    tree_sum_of_squares,
+)
+
+PyTree = Any
+
+
+def default_nbeta(num_samples: int) -> float:
+    r"""The default inverse temperature :math:`n\beta = n / \log n` (MATH.md §0, ours).
+
+    ``num_samples`` is the dataset size ``n`` (devinterp v1 uses the batch size instead).
+    """
+    num_samples = int(num_samples)
+    if num_samples < 2:
+        raise ValueError(f"default_nbeta needs a dataset size n >= 2, got {num_samples}")
+    return num_samples / float(jnp.log(num_samples))
+
+
+def _check_common(step_size, nbeta, localization):
+    check_positive("step_size", step_size)
+    check_positive("nbeta", nbeta)
+    check_positive("localization", localization, allow_zero=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Preconditioners
+# --------------------------------------------------------------------------------------------
+
+
+def identity_preconditioner() -> Preconditioner:
+    """:math:`P = 1`: plain SGLD."""
+
+    def init(params):
+        return ()
+
+    def update(grads, state):
+        return grads, 1.0, state
+
+    return Preconditioner(init, update)
+
+
+class RMSPropPreconditionerState(NamedTuple):
+    second_moment: PyTree
+    count: jax.Array
+
+
+def rmsprop_preconditioner(decay: float = 0.99, stability: float = 0.1) -> Preconditioner:
+    r"""RMSProp preconditioner (pSGLD, Li et al. 2016, arXiv 1512.07666).
+
+    .. math::
+
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2,\quad
+        \hat v_t = v_t / (1 - \alpha^t),\quad
+        P_t = 1 / (\sqrt{\hat v_t} + a)
+
+    with :math:`v_0 = 0` and Adam-style bias correction (ours: without it the first steps would
+    use :math:`P \approx 1/a` regardless of the gradient scale). ``g`` is the loss gradient only:
+    neither :math:`n\beta` nor the localization force enters :math:`v`.
+    """
+
+    def init(params):
+        return RMSPropPreconditionerState(
+            second_moment=jax.tree.map(jnp.zeros_like, params), count=jnp.zeros((), jnp.int32)
+        )
+
+    def update(grads, state):
+        count = state.count + 1
+        second_moment = jax.tree.map(
+            lambda v, g: decay * v + (1.0 - decay) * jnp.square(g), state.second_moment, grads
+        )
+        correction = 1.0 - decay ** count.astype(jnp.float32)
+        preconditioner = jax.tree.map(
+            lambda v: 1.0 / (jnp.sqrt(v / correction.astype(v.dtype)) + stability), second_moment
+        )
+        return grads, preconditioner, RMSPropPreconditionerState(second_moment, count)
+
+    return Preconditioner(init, update)
+
+
+class AdamPreconditionerState(NamedTuple):
+    first_moment: PyTree
+    second_moment: PyTree
+    count: jax.Array
+
+
+def adam_preconditioner(
+    first_decay: float = 0.9, second_decay: float = 0.999, stability: float = 0.1
+) -> Preconditioner:
+    r"""Adam preconditioner: drift :math:`\hat m_t`, :math:`P_t = 1/(\sqrt{\hat v_t} + a)`.
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
+
+    both bias corrected (:math:`m_0 = v_0 = 0`).
+    """
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return AdamPreconditionerState(zeros, zeros, jnp.zeros((), jnp.int32))
+
+    def update(grads, state):
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        first = jax.tree.map(
+            lambda m, g: first_decay * m + (1.0 - first_decay) * g, state.first_moment, grads
+        )
+        second = jax.tree.map(
+            lambda v, g: second_decay * v + (1.0 - second_decay) * jnp.square(g),
+            state.second_moment,
+            grads,
+        )
+        first_correction = 1.0 - first_decay**t
+        second_correction = 1.0 - second_decay**t
+        drift = jax.tree.map(lambda m: m / first_correction.astype(m.dtype), first)
+        preconditioner = jax.tree.map(
+            lambda v: 1.0 / (jnp.sqrt(v / second_correction.astype(v.dtype)) + stability), second
+        )
+        return drift, preconditioner, AdamPreconditionerState(first, second, count)
+
+    return Preconditioner(init, update)
+
+
+# --------------------------------------------------------------------------------------------
+# Preconditioned Langevin dynamics: SGLD, RMSProp-SGLD, Adam-SGLD
+# --------------------------------------------------------------------------------------------
+
+
+class PreconditionedLangevinState(NamedTuple):
+    center: PyTree
+    preconditioner: Any
+
+
+def preconditioned_langevin(
+    step_size, nbeta, localization, preconditioner: Preconditioner, mask=None
+) -> optax.GradientTransformationExtraArgs:
+    r"""Preconditioned Langevin dynamics localized at :math:`w^*`.
+
+    .. math::
+
+        \Delta w = -\frac{\epsilon P}{2}\big[n\beta\, \tilde g + \gamma (w - w^*)\big]
+                   + \sqrt{\epsilon P}\,\eta,\qquad \eta \sim \mathcal N(0, I),
+
+    where :math:`(\tilde g, P)` come from the ``preconditioner`` (identity: :math:`\tilde g = g`,
+    :math:`P = 1`, which is SGLD). The correction term :math:`\Gamma(w)` of pSGLD is dropped,
+    as in Li et al. (2016) and devinterp.
+    """
+
+    def init(params):
+        return PreconditionedLangevinState(
+            center=jax.tree.map(jnp.asarray, params), preconditioner=preconditioner.init(params)
+        )
+
+    def update(grads, state, params=None, *, key, **extra_args):
+        if params is None:
+            raise ValueError("Langevin samplers need params in update(grads, state, params, key=)")
+        mask_floats = mask_as_floats(mask, params)
+        drift_grads, precondition, preconditioner_state = preconditioner.update(
+            grads, state.preconditioner
+        )
+        drift = add_localization(
+            scale_by_nbeta(drift_grads, nbeta), params, state.center, localization
+        )
+        noise = standard_normal_like(key, params)
+        if isinstance(precondition, float):
+            updates = jax.tree.map(
+                lambda d, z: -0.5 * step_size * precondition * d
+                + jnp.sqrt(step_size * precondition) * z,
+                drift,
+                noise,
+            )
+        else:
+            updates = jax.tree.map(
+                lambda d, z, p: -0.5 * step_size * p * d + jnp.sqrt(step_size * p) * z,
+                drift,
+                noise,
+                precondition,
+            )
+        updates = apply_mask(updates, mask_floats)
+        return updates, PreconditionedLangevinState(state.center, preconditioner_state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def sgld(step_size, nbeta, localization=1.0, *, mask=None) -> Sampler:
+    r"""Stochastic gradient Langevin dynamics (Welling & Teh 2011), localized (Lau et al. 2023).
+
+    .. math::
+
+        \Delta w = -\frac{\epsilon}{2}\big[n\beta\, \nabla L_B(w) + \gamma (w - w^*)\big]
+                   + \sqrt{\epsilon}\,\eta
+
+    blackjax's ``x + h\nabla\log\pi + \sqrt{2h}\xi`` is the same update with ``h = ε/2``.
+
+    Args:
+      step_size: :math:`\epsilon > 0`.
+      nbeta: :math:`n\beta > 0`; see :func:`default_nbeta`.
+      localization: :math:`\gamma \ge 0`.
+      mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, slt_jax as slt
+      >>> sampler = slt.samplers.sgld(step_size=1e-3, nbeta=100.0)
+      >>> params = {"w": jnp.zeros(3)}
+      >>> state = sampler.init(params)
+      >>> updates, state = sampler.update({"w": jnp.ones(3)}, state, params, key=jax.random.key(0))
+      >>> optax.apply_updates(params, updates)["w"].shape
+      (3,)
+    """
+    _check_common(step_size, nbeta, localization)
+    transform = preconditioned_langevin(
+        step_size, nbeta, localization, identity_preconditioner(), mask
+    )
+    return Sampler(
+        transform.init,
+        transform.update,
+        name="sgld",
+        factory=sgld,
+        hyperparameters=dict(step_size=step_size, nbeta=nbeta, localization=localization),
+        mask=mask,
+    )
+
+
+def rmsprop_sgld(
+    step_size, nbeta, localization=1.0, *, decay=0.99, stability=0.1, mask=None
+) -> Sampler:
+    r"""RMSProp-preconditioned SGLD (pSGLD; Li et al. 2016; arXiv 2507.21449).
+
+    .. math::
+
+        v \leftarrow \alpha v + (1-\alpha) g^2,\quad P = 1/(\sqrt{\hat v} + a),\quad
+        \Delta w = -\frac{\epsilon P}{2}\big[n\beta\, g + \gamma (w - w^*)\big]
+                   + \sqrt{\epsilon P}\,\eta
+
+    ``decay`` is :math:`\alpha`, ``stability`` is :math:`a`; see :func:`rmsprop_preconditioner`
+    for :math:`v_0` and bias correction. Because :math:`P \le 1/a`, the effective step size is
+    at most ``step_size / stability``.
+    """
+    _check_common(step_size, nbeta, localization)
+    check_unit_interval("decay", decay)
+    check_positive("stability", stability)
+    transform = preconditioned_langevin(
+        step_size, nbeta, localization, rmsprop_preconditioner(decay, stability), mask
+    )
+    return Sampler(
+        transform.init,
+        transform.update,
+        name="rmsprop_sgld",
+        factory=rmsprop_sgld,
+        hyperparameters=dict(
+            step_size=step_size,
+            nbeta=nbeta,
+            localization=localization,
+            decay=decay,
+            stability=stability,
+        ),
+        mask=mask,
+    )
+
+
+def adam_sgld(
+    step_size,
+    nbeta,
+    localization=1.0,
+    *,
+    first_decay=0.9,
+    second_decay=0.999,
+    stability=0.1,
+    mask=None,
+) -> Sampler:
+    r"""Adam-preconditioned SGLD: RMSProp-SGLD with the drift :math:`n\beta\,\hat m`.
+
+    .. math::
+
+        \Delta w = -\frac{\epsilon P}{2}\big[n\beta\, \hat m + \gamma (w - w^*)\big]
+                   + \sqrt{\epsilon P}\,\eta,\quad P = 1/(\sqrt{\hat v} + a)
+    """
+    _check_common(step_size, nbeta, localization)
+    check_unit_interval("first_decay", first_decay)
+    check_unit_interval("second_decay", second_decay)
+    check_positive("stability", stability)
+    transform = preconditioned_langevin(
+        step_size,
+        nbeta,
+        localization,
+        adam_preconditioner(first_decay, second_decay, stability),
+        mask,
+    )
+    return Sampler(
+        transform.init,
+        transform.update,
+        name="adam_sgld",
+        factory=adam_sgld,
+        hyperparameters=dict(
+            step_size=step_size,
+            nbeta=nbeta,
+            localization=localization,
+            first_decay=first_decay,
+            second_decay=second_decay,
+            stability=stability,
+        ),
+        mask=mask,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Momentum samplers: SGNHT and SGHMC
+# --------------------------------------------------------------------------------------------
+
+
+def _potential_gradient(grads, params, center, nbeta, localization):
+    r""":math:`\nabla U = n\beta\, g + \gamma (w - w^*)`."""
+    return add_localization(scale_by_nbeta(grads, nbeta), params, center, localization)
+
+
+class SGNHTState(NamedTuple):
+    center: PyTree
+    momentum: PyTree
+    thermostat: jax.Array
+
+
+def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> Sampler:
+    r"""Stochastic gradient Nosé–Hoover thermostat (Ding et al. 2014).
+
+    With :math:`U(w) = n\beta L(w) + \tfrac{\gamma}{2}\lVert w - w^*\rVert^2` and :math:`d`
+    the number of (unmasked) coordinates:
+
+    .. math::
+
+        p &\leftarrow p - \xi p\,\epsilon - \epsilon\nabla U(w) + \sqrt{2A\epsilon}\,\eta\\
+        w &\leftarrow w + \epsilon p\\
+        \xi &\leftarrow \xi + \epsilon\,(p^\top p / d - 1)
+
+    :math:`p_0 = 0`, :math:`\xi_0 = A` (``diffusion``). The thermostat is applied at every step
+    (devinterp's ``sgnht`` never applies it). The stationary law of :math:`w` is
+    :math:`\propto e^{-U}`; its step size is on the scale of :math:`\sqrt{\epsilon_{SGLD}}`.
+    """
+    _check_common(step_size, nbeta, localization)
+    check_positive("diffusion", diffusion, allow_zero=True)
+
+    def init(params):
+        return SGNHTState(
+            center=jax.tree.map(jnp.asarray, params),
+            momentum=jax.tree.map(jnp.zeros_like, params),
+            thermostat=jnp.asarray(diffusion, dtype=jnp.result_type(*jax.tree.leaves(params))),
+        )
+
+    def update(grads, state, params=None, *, key, **extra_args):
+        mask_floats = mask_as_floats(mask, params)
+        force = _potential_gradient(grads, params, state.center, nbeta, localization)
+        noise = standard_normal_like(key, params)
+        thermostat = state.thermostat
+        momentum = jax.tree.map(
+            lambda p, f, z: p
+            - thermostat * p * step_size
+            - step_size * f
+            + jnp.sqrt(2.0 * diffusion * step_size) * z,
+            state.momentum,
+            force,
+            noise,
+        )
+        momentum = apply_mask(momentum, mask_floats)
+        dimension = tree_size(params, mask_floats)
+        thermostat = thermostat + step_size * (tree_sum_of_squares(momentum) / dimension - 1.0)
+        updates = jax.tree.map(lambda p: step_size * p, momentum)
+        return updates, SGNHTState(state.center, momentum, thermostat.astype(state.thermostat.dtype))
+
+    return Sampler(
+        init,
+        update,
+        name="sgnht",
+        factory=sgnht,
+        hyperparameters=dict(
+            step_size=step_size, nbeta=nbeta, localization=localization, diffusion=diffusion
+        ),
+        mask=mask,
+    )
+
+
+class SGHMCState(NamedTuple):
+    center: PyTree
+    velocity: PyTree
+
+
+def sghmc(step_size, nbeta, localization=1.0, *, friction=0.1, mask=None) -> Sampler:
+    r"""Stochastic gradient Hamiltonian Monte Carlo with friction (Chen et al. 2014, eq. 15).
+
+    .. math::
+
+        v \leftarrow v - \epsilon\nabla U(w) - \alpha v + \sqrt{2\alpha\epsilon}\,\eta,\qquad
+        w \leftarrow w + v
+
+    with :math:`\epsilon` the learning rate, :math:`\alpha` the ``friction`` and the
+    gradient-noise estimate :math:`\hat\beta = 0`; :math:`v_0 = 0`. With ``friction=1`` this
+    is SGLD with step size :math:`2\epsilon`.
+    """
+    _check_common(step_size, nbeta, localization)
+    check_positive("friction", friction)
+    if _concrete_float(friction) is not None and _concrete_float(friction) > 1.0:
+        raise ValueError(f"friction must be in (0, 1], got {friction!r}")
+
+    def init(params):
+        return SGHMCState(
+            center=jax.tree.map(jnp.asarray, params),
+            velocity=jax.tree.map(jnp.zeros_like, params),
+        )
+
+    def update(grads, state, params=None, *, key, **extra_args):
+        mask_floats = mask_as_floats(mask, params)
+        force = _potential_gradient(grads, params, state.center, nbeta, localization)
+        noise = standard_normal_like(key, params)
+        velocity = jax.tree.map(
+            lambda v, f, z: (1.0 - friction) * v
+            - step_size * f
+            + jnp.sqrt(2.0 * friction * step_size) * z,
+            state.velocity,
+            force,
+            noise,
+        )
+        velocity = apply_mask(velocity, mask_floats)
+        return velocity, SGHMCState(state.center, velocity)
+
+    return Sampler(
+        init,
+        update,
+        name="sghmc",
+        factory=sghmc,
+        hyperparameters=dict(
+            step_size=step_size, nbeta=nbeta, localization=localization, friction=friction
+        ),
+        mask=mask,
+    )
+
+
+def _concrete_float(value):
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return float(value)
+
