@@ -204,9 +204,8 @@ _ACTIVE_PROGRESS = [None]
 
 def _report_progress(steps_done):
     bar = _ACTIVE_PROGRESS[0]
-    if bar is not None:
-        bar.n = int(steps_done)
-        bar.refresh()
+    if bar is not None and int(steps_done) > bar.n:
+        bar.update(int(steps_done) - bar.n)  # respects tqdm's mininterval
 
 
 def _maybe_report(step, every, total):
@@ -420,8 +419,8 @@ def sample(
             jax.block_until_ready(trace)
         finally:
             _ACTIVE_PROGRESS[0] = None
-        bar.n = total
-        bar.refresh()
+        if bar.n < total:
+            bar.update(total - bar.n)
     return trace
 
 

@@ -1,0 +1,16 @@
+"""Models as pure functions on parameter pytrees: deep linear networks and MLPs."""
+
+from slt_jax.models.dln import count_parameters, dln_apply, dln_init, dln_loss, dln_product
+from slt_jax.models.mlp import mlp_apply, mlp_classification_loss, mlp_init, mlp_loss
+
+__all__ = [
+    "count_parameters",
+    "dln_apply",
+    "dln_init",
+    "dln_loss",
+    "dln_product",
+    "mlp_apply",
+    "mlp_classification_loss",
+    "mlp_init",
+    "mlp_loss",
+]
