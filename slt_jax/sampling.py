@@ -68,6 +68,9 @@ class _Config(NamedTuple):
     batch_size: int | None
     num_samples: int
     progress_every: int
+    mesh: Any = None
+    chain_axis: str | None = None
+    data_axis: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,6 +198,35 @@ def _check_observables(observables, params):
     return tuple(items)
 
 
+def _auto_mesh(mesh):
+    """The same devices and axis names with every axis in Auto (GSPMD) mode."""
+    auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+    if tuple(getattr(mesh, "axis_types", auto)) == auto:
+        return mesh
+    return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
+def _check_mesh(mesh, chain_axis, data_axis, num_chains, batch_size):
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {mesh!r}")
+    for name, axis, count, what in (
+        ("chain_axis", chain_axis, num_chains, "num_chains"),
+        ("data_axis", data_axis, batch_size, "the batch size"),
+    ):
+        if axis is None:
+            continue
+        if axis not in mesh.axis_names:
+            raise ValueError(
+                f"{name}={axis!r} is not an axis of the mesh; expected one of {mesh.axis_names}"
+                " or None"
+            )
+        if count % mesh.shape[axis]:
+            raise ValueError(
+                f"{what} ({count}) must be divisible by the size of mesh axis {axis!r} "
+                f"({mesh.shape[axis]})"
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # Progress (host callback every k draws, off by default)
 # --------------------------------------------------------------------------------------------
@@ -223,46 +255,68 @@ def _maybe_report(step, every, total):
 # --------------------------------------------------------------------------------------------
 
 
-def _select_batch(data, batch_size, num_samples, key):
-    if batch_size is None:
-        return data
-    indices = jax.random.randint(key, (batch_size,), 0, num_samples)
-    return jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
-
-
 def _build_transform(config: _Config, hyperparameters, mask):
     if config.sampler_factory is None:
         return config.sampler_transform
     return config.sampler_factory(**hyperparameters, **dict(config.sampler_static), mask=mask)
 
 
+def _constrain(tree, config: _Config, *axes):
+    """Pin the leading axes of every leaf to mesh axes (no-op without a mesh)."""
+    if config.mesh is None:
+        return tree
+    sharding = jax.sharding.NamedSharding(config.mesh, jax.sharding.PartitionSpec(*axes))
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
 def _make_step(config: _Config, transform, data):
+    """One step of every chain: ``(state, chain_keys, step) -> (state, losses)``.
+
+    The minibatch gather runs over all chains at once, producing a ``(chains, b, ...)`` batch
+    that can be sharded over chains and, for data parallelism, over its example axis.
+    """
+
     def mean_loss(params, batch):
         return jnp.mean(config.loss_fn(params, batch))
 
     value_and_grad = jax.value_and_grad(mean_loss)
 
-    def chain_step(chain_state, chain_key, step):
-        params, sampler_state, first_nonfinite = chain_state
-        step_key = jax.random.fold_in(chain_key, step)
-        batch_key, noise_key = jax.random.split(step_key)
-        batch = _select_batch(data, config.batch_size, config.num_samples, batch_key)
-        loss, grads = value_and_grad(params, batch)
-        updates, sampler_state = transform.update(grads, sampler_state, params, key=noise_key)
+    def step_keys(chain_key, step):
+        return jax.random.split(jax.random.fold_in(chain_key, step))
+
+    def draw_indices(batch_key):
+        return jax.random.randint(batch_key, (config.batch_size,), 0, config.num_samples)
+
+    def update(grads, sampler_state, params, noise_key):
+        return transform.update(grads, sampler_state, params, key=noise_key)
+
+    def step_all_chains(state, chain_keys, step):
+        params, sampler_state, first_nonfinite = state
+        keys = jax.vmap(step_keys, in_axes=(0, None))(chain_keys, step)
+        batch_keys, noise_keys = keys[:, 0], keys[:, 1]
+        if config.batch_size is None:
+            loss, grads = jax.vmap(value_and_grad, in_axes=(0, None))(params, data)
+        else:
+            indices = jax.vmap(draw_indices)(batch_keys)  # (chains, b)
+            indices = _constrain(indices, config, config.chain_axis, config.data_axis)
+            batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
+            batch = _constrain(batch, config, config.chain_axis, config.data_axis)
+            loss, grads = jax.vmap(value_and_grad)(params, batch)
+        updates, sampler_state = jax.vmap(update)(grads, sampler_state, params, noise_keys)
         params = optax.apply_updates(params, updates)
         first_nonfinite = jnp.where(
             (first_nonfinite < 0) & ~jnp.isfinite(loss), step, first_nonfinite
         )
-        return (params, sampler_state, first_nonfinite), loss
+        state = _constrain((params, sampler_state, first_nonfinite), config, config.chain_axis)
+        return state, loss
 
-    return jax.vmap(chain_step, in_axes=(0, 0, None))
+    return step_all_chains
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config):
     TRACE_COUNT[0] += 1
     transform = _build_transform(config, hyperparameters, mask)
-    step_all_chains = _make_step(config, transform, data)
     total_steps = config.num_burnin + config.num_draws * config.steps_per_draw
 
     chain_params = jax.tree.map(
@@ -270,7 +324,10 @@ def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config
     )
     sampler_state = jax.vmap(transform.init)(chain_params)
     first_nonfinite = jnp.full((config.num_chains,), -1, dtype=jnp.int32)
-    state = (chain_params, sampler_state, first_nonfinite)
+    state = _constrain((chain_params, sampler_state, first_nonfinite), config, config.chain_axis)
+    if config.batch_size is None and config.data_axis is not None:
+        data = _constrain(data, config, config.data_axis)
+    step_all_chains = _make_step(config, transform, data)
 
     def burnin_body(carry, _):
         state, step = carry
@@ -302,12 +359,13 @@ def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config
         draw_body, (state, step), jnp.arange(config.num_draws)
     )
     first_nonfinite = state[2]
-    return Trace(
+    trace = Trace(
         loss=jnp.swapaxes(losses, 0, 1),
         observables={k: jnp.swapaxes(v, 0, 1) for k, v in observed.items()},
         diverged=first_nonfinite >= 0,
         first_nonfinite_step=first_nonfinite,
     )
+    return _constrain(trace, config, config.chain_axis)
 
 
 def sample(
@@ -325,6 +383,9 @@ def sample(
     observables: Mapping[str, Callable[[PyTree], jax.Array]] | None = None,
     progress: bool = False,
     progress_every: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    chain_axis: str | None = "chains",
+    data_axis: str | None = None,
 ) -> Trace:
     r"""Run ``num_chains`` SGMCMC chains localized at ``params`` and record draws.
 
@@ -352,7 +413,14 @@ def sample(
       num_chains, num_draws, num_burnin, steps_per_draw: chain counts and lengths.
       batch_size: minibatch size ``b`` (``None``: full batch).
       observables: ``{name: fn(params) -> array}`` evaluated at each draw.
-      progress: show a tqdm progress bar (a host callback every ``progress_every`` draws).
+      progress: show a tqdm progress bar (a host callback every ``progress_every`` draws;
+        off by default, so the loop has no host synchronisation).
+      mesh: a ``jax.sharding.Mesh`` to spread the run over devices: chains are sharded over
+        the mesh axis ``chain_axis`` and, if ``data_axis`` is given, each chain's minibatch
+        (or the full data) is sharded over ``data_axis`` (data-parallel gradients). The same
+        code runs on one CPU, several GPUs or a TPU pod slice (multi-host: call
+        ``jax.distributed.initialize()`` first and build the mesh from ``jax.devices()``).
+        The returned trace stays sharded over chains until you gather it.
 
     Returns:
       a :class:`Trace`. Non-finite losses are detected per chain (``trace.diverged``).
@@ -376,6 +444,11 @@ def sample(
                 "(use batch_size=None for full-batch gradients)"
             )
     check_loss_fn(loss_fn, params, data, n if batch_size is None else batch_size)
+    if mesh is None:
+        chain_axis = data_axis = None
+    else:
+        _check_mesh(mesh, chain_axis, data_axis, num_chains, batch_size or n)
+        mesh = _auto_mesh(mesh)
     observable_items = _check_observables(observables, params)
     chain_keys = _chain_keys(key, num_chains)
 
@@ -405,6 +478,9 @@ def sample(
         batch_size=batch_size,
         num_samples=n,
         progress_every=progress_every if progress else 0,
+        mesh=mesh,
+        chain_axis=chain_axis,
+        data_axis=data_axis,
     )
     if not progress:
         return _program(params, data, hyperparameters, mask, chain_keys, config=config)

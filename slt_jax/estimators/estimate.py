@@ -46,6 +46,9 @@ def estimate_llc(
     safety_factor: float = DEFAULT_SAFETY_FACTOR,
     max_retries: int = 3,
     progress: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    chain_axis: str | None = "chains",
+    data_axis: str | None = None,
 ) -> LLCResult:
     r"""Estimate the local learning coefficient of ``loss_fn`` at ``params`` with defaults.
 
@@ -68,6 +71,8 @@ def estimate_llc(
       nbeta, localization, step_size: override the defaults / calibration.
       batch_size: ``"auto"`` for ``min(n, 500)``, ``None`` for full batch, or an int.
       init_loss: :math:`L_n(w^*)`; computed on the full data in chunks if not given.
+      mesh, chain_axis, data_axis: shard chains / minibatches over devices (see
+        :func:`slt_jax.sample`).
     """
     start = time.perf_counter()
     n = num_examples(data)
@@ -123,6 +128,9 @@ def estimate_llc(
             steps_per_draw=steps_per_draw,
             batch_size=batch_size,
             progress=progress,
+            mesh=mesh,
+            chain_axis=chain_axis,
+            data_axis=data_axis,
         )
         diverged = bool(trace.diverged.any())
         if not diverged or calibration is None or retries >= max_retries:
