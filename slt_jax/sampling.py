@@ -361,7 +361,9 @@ def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config
     first_nonfinite = state[2]
     trace = Trace(
         loss=jnp.swapaxes(losses, 0, 1),
-        observables={k: jnp.swapaxes(v, 0, 1) for k, v in observed.items()},
+        observables={
+            k: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), v) for k, v in observed.items()
+        },
         diverged=first_nonfinite >= 0,
         first_nonfinite_step=first_nonfinite,
     )

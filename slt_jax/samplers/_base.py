@@ -149,10 +149,14 @@ def validate_mask(mask: PyTree, params: PyTree) -> None:
 
 
 def apply_mask(tree: PyTree, mask: PyTree | None) -> PyTree:
-    """Zero the masked-out coordinates (``mask`` already converted by :func:`mask_as_floats`)."""
+    """Zero the masked-out coordinates (``mask`` already converted by :func:`mask_as_floats`).
+
+    ``where`` rather than a product, so a non-finite value can never leak into a frozen
+    coordinate.
+    """
     if mask is None:
         return tree
-    return jax.tree.map(lambda x, m: x * m, tree, mask)
+    return jax.tree.map(lambda x, m: jnp.where(m > 0, x, jnp.zeros_like(x)), tree, mask)
 
 
 def tree_sum_of_squares(tree: PyTree):

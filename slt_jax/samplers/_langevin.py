@@ -412,7 +412,9 @@ def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> S
         )
         momentum = apply_mask(momentum, mask_floats)
         dimension = tree_size(params, mask_floats)
-        thermostat = thermostat + step_size * (tree_sum_of_squares(momentum) / dimension - 1.0)
+        thermostat = thermostat + step_size * (
+            tree_sum_of_squares(momentum) / jnp.maximum(dimension, 1) - 1.0
+        )
         updates = jax.tree.map(lambda p: step_size * p, momentum)
         return updates, SGNHTState(state.center, momentum, thermostat.astype(state.thermostat.dtype))
 
