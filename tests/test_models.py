@@ -279,3 +279,20 @@ def test_losses_under_strict_promotion():
         assert mlp_loss(params, (x, jnp.ones((9, 4)))).shape == (9,)
         labels = jnp.zeros((9,), dtype=jnp.int32)
         assert mlp_classification_loss(params, (x, labels)).shape == (9,)
+
+
+@pytest.mark.parametrize("widths, seed", [([15, 4, 26], 0), ([11, 7, 6, 10, 55], 3), ([6, 5, 4], 1)])
+def test_minimal_rank_teacher_keeps_the_product_and_has_rank_r_layers(widths, seed):
+    protocol = make_dln_teacher(jax.random.key(seed), widths)
+    minimal = make_dln_teacher(jax.random.key(seed), widths, minimal_rank=True)
+    assert minimal.rank == protocol.rank and minimal.true_lambda == protocol.true_lambda
+
+    def product(params):
+        return np.linalg.multi_dot([np.asarray(w, np.float64) for w in params])
+
+    scale = np.abs(product(protocol.params)).max()
+    np.testing.assert_allclose(product(minimal.params), product(protocol.params), atol=1e-5 * scale)
+    for weight in minimal.params:
+        singular = np.linalg.svd(np.asarray(weight, np.float64), compute_uv=False)
+        # rank r up to float32 rounding of the stored layer
+        assert np.sum(singular > 1e-5 * singular[0]) == minimal.rank

@@ -5,6 +5,7 @@ from slt_jax.data.dln import (
     dln_problem,
     make_dln_data,
     make_dln_teacher,
+    minimal_rank_factorization,
     random_dln_widths,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "dln_problem",
     "make_dln_data",
     "make_dln_teacher",
+    "minimal_rank_factorization",
     "random_dln_widths",
 ]

@@ -70,10 +70,50 @@ def _true_lambda(widths: tuple[int, ...], rank: int) -> Fraction | None:
     return deep_linear_network(widths, rank)
 
 
+def minimal_rank_factorization(params: Sequence[Any], key: jax.Array) -> list[jax.Array]:
+    r"""The same end-to-end map, refactored so that every layer has rank ``r = rank(product)``.
+
+    With :math:`T = W_0\cdots W_{L-1} = U S V^\top` (rank :math:`r`) and random orthonormal
+    frames :math:`O_i \in \mathbb R^{H_i \times r}` for the hidden layers, the layers
+    :math:`U S^{1/L} O_1^\top,\ O_1 S^{1/L} O_2^\top,\ \dots,\ O_{L-1} S^{1/L} V^\top`
+    multiply to :math:`T` and each has rank exactly :math:`r`.
+
+    Why: Aoyagi's :math:`\lambda` is the *global* learning coefficient, the minimum of the local
+    one over the set of true parameters, attained at these most singular points. At a teacher
+    whose layers have rank above :math:`r` the local learning coefficient can be larger:
+    for widths ``[15, 4, 26]`` with layer ranks ``[4, 1]`` it is
+    :math:`HN/2 + (M - H)/2 = 57.5` (regular in :math:`W_2` given a full-rank :math:`W_1`,
+    plus the codimension of :math:`\{u \in \mathrm{col}(W_1)\}` in the Grassmannian), while
+    Aoyagi's :math:`\lambda = 41`; SGLD measures 57.6-58.7 there and 42.1 at this
+    refactorization.
+    """
+    matrices = [np.asarray(w, dtype=np.float64) for w in params]
+    product = matrices[0]
+    for weight in matrices[1:]:
+        product = product @ weight
+    rank = int(np.linalg.matrix_rank(product))
+    left, singular, right = np.linalg.svd(product)
+    left, singular, right = left[:, :rank], singular[:rank], right[:rank].T
+    root = np.diag(singular ** (1.0 / len(matrices)))
+    generator = _numpy_generator(key)
+    frames = [left]
+    for weight in matrices[1:]:
+        gaussian = generator.standard_normal((weight.shape[0], max(rank, 1)))
+        frames.append(np.linalg.qr(gaussian)[0][:, :rank])
+    frames.append(right)
+    dtype = jnp.result_type(params[0])
+    refactored = []
+    for index in range(len(matrices)):
+        layer = frames[index] @ root @ frames[index + 1].T
+        refactored.append(jnp.asarray(layer, dtype=dtype))
+    return refactored
+
+
 def make_dln_teacher(
     key: jax.Array,
     widths: Sequence[int],
     rank_deficiency_probability: float = 0.5,
+    minimal_rank: bool = False,
 ) -> DLNTeacher:
     """Draw a DLN teacher following the Furman & Lau protocol (arXiv 2402.03698, MATH.md §7).
 
@@ -85,11 +125,16 @@ def make_dln_teacher(
        with ``min(H_i, H_{i+1}) = 1`` therefore cannot be made deficient and stays full rank
        (its coin is still drawn, so the draws of the other layers do not depend on it).
     3. ``rank`` is the numerical rank of the product ``W_0 ⋯ W_{L−1}`` (float64 NumPy).
+    4. With ``minimal_rank=True`` **(ours)** the layers are then refactored with the same
+       product so that every layer has rank ``rank`` (:func:`minimal_rank_factorization`):
+       only there does the local learning coefficient at the teacher equal Aoyagi's global
+       ``true_lambda``.
 
     Args:
       key: a JAX PRNG key.
       widths: ``(H_0, ..., H_L)``, at least two positive integers.
       rank_deficiency_probability: probability in ``[0, 1]`` that a layer is made rank deficient.
+      minimal_rank: refactor to a teacher whose local learning coefficient is ``true_lambda``.
 
     Returns:
       A :class:`DLNTeacher` with ``true_lambda`` from ``slt_jax.truth.deep_linear_network`` when
@@ -118,6 +163,8 @@ def make_dln_teacher(
             row_mask = (np.arange(fan_in) < reduced_rank).reshape(fan_in, 1)
             params[index] = params[index] * jnp.asarray(row_mask, dtype=params[index].dtype)
     rank = _product_rank(params)
+    if minimal_rank:
+        params = minimal_rank_factorization(params, jax.random.fold_in(structure_key, 1))
     return DLNTeacher(
         params=params, widths=widths, rank=rank, true_lambda=_true_lambda(widths, rank)
     )

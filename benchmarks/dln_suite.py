@@ -1,0 +1,213 @@
+"""DLN benchmark suite: ``estimate_llc`` with calibrated defaults vs Aoyagi's exact λ.
+
+The protocol of MATH.md §7 (Furman & Lau, arXiv 2402.03698): a random deep linear network
+teacher (depth 2-6, Xavier-normal layers, each with probability ½ cut to a random rank),
+``x ~ U[-10, 10]``, noise-free targets, ``n = 10,000``, sampled at ``w* = teacher``. For each
+sampler, ``slt_jax.estimate_llc(loss_fn, params, data, key=..., sampler=name)`` runs with no
+other arguments; we record the relative error to the true learning coefficient and the wall
+time (calibration and compilation included).
+
+By default each teacher is refactored, with the same end-to-end map, so that every layer has
+the product's rank (``make_dln_teacher(..., minimal_rank=True)``): Aoyagi's λ is the *global*
+learning coefficient, attained at those most singular points, and the local coefficient at a
+teacher whose layers have higher rank can be larger (``--protocol-teacher`` shows it).
+
+    python benchmarks/dln_suite.py                      # all samplers, all instances
+    python benchmarks/dln_suite.py --samplers sgld --max-parameters 10000
+
+Writes ``benchmarks/results/dln_suite.json`` and ``benchmarks/results/dln_suite.png`` (estimate
+vs truth) and prints a table per sampler with the median and max |relative error|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+
+import jax
+import numpy as np
+
+import slt_jax as slt
+from slt_jax.data import make_dln_data, make_dln_teacher, random_dln_widths
+from slt_jax.models import count_parameters, dln_loss
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# two instances per parameter-count bin: 12 instances from ~100 to ~100k parameters
+PARAMETER_BINS = [
+    (100, 300),
+    (300, 1_000),
+    (1_000, 3_000),
+    (3_000, 10_000),
+    (10_000, 30_000),
+    (30_000, 100_000),
+]
+ALL_SAMPLERS = ["sgld", "rmsprop_sgld", "adam_sgld", "sgnht", "sghmc"]
+
+
+def suite_instances(seed: int = 0, per_bin: int = 2):
+    """The suite's architectures: ``[(widths, instance_seed), ...]``, deterministic in seed."""
+    instances = []
+    key = jax.random.key(seed)
+    for low, high in PARAMETER_BINS:
+        for _ in range(per_bin):
+            key, subkey = jax.random.split(key)
+            max_width = max(4, int(2 * math.sqrt(high)))
+            widths = random_dln_widths(
+                subkey,
+                num_layers_range=(2, 6),
+                width_range=(2, max_width),
+                parameter_count_range=(low, high),
+            )
+            instances.append((list(widths), len(instances)))
+    return instances
+
+
+def run_instance(
+    widths, instance_seed, sampler, num_samples=10_000, minimal_rank=True, **estimate_kwargs
+):
+    teacher = make_dln_teacher(
+        jax.random.key(1000 + instance_seed), widths, minimal_rank=minimal_rank
+    )
+    data = make_dln_data(jax.random.key(2000 + instance_seed), teacher.params, num_samples)
+    truth = float(teacher.true_lambda)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = slt.estimate_llc(
+            dln_loss, teacher.params, data, key=jax.random.key(3000 + instance_seed),
+            sampler=sampler, **estimate_kwargs,
+        )
+    wall = time.perf_counter() - start
+    hyper = {k: v for k, v in result.hyperparameters.items() if k != "calibration"}
+    return {
+        "widths": widths,
+        "parameters": count_parameters(teacher.params),
+        "rank": teacher.rank,
+        "true_lambda": truth,
+        "estimate": result.mean,
+        "mcse": result.mcse,
+        "std_over_chains": result.std,
+        "rhat": result.rhat,
+        "relative_error": result.mean / truth - 1.0,
+        "wall_time_seconds": wall,
+        "diverged_chains": list(result.diverged_chains),
+        "warnings": [str(w.message) for w in caught],
+        "hyperparameters": hyper,
+    }
+
+
+def summarize(rows, max_parameters=10_000):
+    small = [r for r in rows if r["parameters"] <= max_parameters]
+    errors = np.abs([r["relative_error"] for r in small])
+    return {
+        "instances_up_to_max_parameters": len(small),
+        "median_abs_relative_error": float(np.median(errors)) if len(errors) else None,
+        "max_abs_relative_error": float(np.max(errors)) if len(errors) else None,
+        "max_wall_time_seconds": float(max(r["wall_time_seconds"] for r in small)) if small else None,
+        "all_instances_median_abs_relative_error": float(
+            np.median(np.abs([r["relative_error"] for r in rows]))
+        ),
+    }
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 6))
+    markers = dict(zip(ALL_SAMPLERS, "osD^v"))
+    low = min(r["true_lambda"] for rows in results.values() for r in rows)
+    high = max(r["true_lambda"] for rows in results.values() for r in rows)
+    for sampler, rows in results.items():
+        axis.errorbar(
+            [r["true_lambda"] for r in rows],
+            [r["estimate"] for r in rows],
+            yerr=[2 * r["mcse"] if np.isfinite(r["mcse"]) else 0 for r in rows],
+            fmt=markers.get(sampler, "o"), label=sampler, alpha=0.7, markersize=5,
+        )
+    line = np.geomspace(low * 0.8, high * 1.2, 10)
+    axis.plot(line, line, "k--", lw=1, label="estimate = truth")
+    axis.fill_between(line, 0.95 * line, 1.05 * line, color="k", alpha=0.08, label="±5%")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("true λ (Aoyagi)")
+    axis.set_ylabel("estimate_llc (defaults)")
+    axis.set_title("DLN suite: x ~ U[-10, 10], n = 10,000")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samplers", nargs="+", default=ALL_SAMPLERS)
+    parser.add_argument("--max-parameters", type=int, default=None,
+                        help="skip instances with more parameters")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=os.path.join(RESULTS, "dln_suite.json"))
+    parser.add_argument(
+        "--protocol-teacher", action="store_true",
+        help="use the protocol's teacher as drawn (layer ranks may exceed the product rank, "
+        "where the local LLC can exceed Aoyagi's global λ) instead of its minimal-rank "
+        "refactorization with the same product",
+    )
+    parser.add_argument("--estimate-kwargs", default="{}",
+                        help="JSON dict of extra estimate_llc arguments (for tuning)")
+    args = parser.parse_args(argv)
+    extra = json.loads(args.estimate_kwargs)
+
+    instances = suite_instances(args.seed)
+    results = {}
+    for sampler in args.samplers:
+        rows = []
+        print(f"\n== {sampler} ==")
+        print(f"{'widths':>28} {'d':>7} {'r':>3} {'truth':>8} {'estimate':>9} {'rel.err':>8} {'time':>6}")
+        for widths, instance_seed in instances:
+            parameters = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+            if args.max_parameters and parameters > args.max_parameters:
+                continue
+            row = run_instance(
+                widths, instance_seed, sampler, minimal_rank=not args.protocol_teacher, **extra
+            )
+            rows.append(row)
+            print(
+                f"{str(widths):>28} {row['parameters']:>7} {row['rank']:>3} "
+                f"{row['true_lambda']:>8.1f} {row['estimate']:>9.2f} "
+                f"{100 * row['relative_error']:>+7.1f}% {row['wall_time_seconds']:>5.1f}s",
+                flush=True,
+            )
+        results[sampler] = rows
+        print(json.dumps(summarize(rows)))
+
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    payload = {
+        "protocol": "MATH.md §7 DLN protocol; estimate_llc defaults; n=10000, x~U[-10,10]",
+        "teacher": "protocol" if args.protocol_teacher else "minimal-rank refactorization",
+        "estimate_kwargs": extra,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "python": sys.version.split()[0],
+        },
+        "summary": {s: summarize(rows) for s, rows in results.items()},
+        "results": results,
+    }
+    with open(args.output, "w") as handle:
+        json.dump(payload, handle, indent=1, default=float)
+    plot(results, os.path.splitext(args.output)[0] + ".png")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
