@@ -46,6 +46,18 @@ class Calibration(NamedTuple):
     safety_factor: float
     nbeta: float
     localization: float
+    rounds: tuple = ()
+
+    def table(self) -> str:
+        """The calibration rounds as a small text table (the evidence for the choice)."""
+        lines = [f"{'round':>5} {'where':>26} {'lambda_max(H)':>14} {'step_size':>10}"]
+        for row in self.rounds:
+            eigen = row.get("max_hessian_eigenvalue")
+            eigen_text = f"{eigen:.4g}" if eigen is not None else "-"
+            lines.append(
+                f"{row['round']:>5} {row['where']:>26} {eigen_text:>14} {row['step_size']:>10.3g}"
+            )
+        return "\n".join(lines)
 
     def summary(self) -> str:
         return (
@@ -162,6 +174,22 @@ def step_size_for(
     )
 
 
+def _subsample(data, key, max_examples):
+    n = num_examples(data)
+    if n <= max_examples:
+        return data
+    subset = jax.random.choice(key, n, (max_examples,), replace=False)
+    return jax.tree.map(lambda x: jnp.take(x, subset, axis=0), data)
+
+
+def _top_eigenvalues_at(loss_fn, chain_params, data, key, num_iterations, chunk_size):
+    """λ_max(H) at each of a batch of parameter points (leading axis = chains)."""
+    power = functools.partial(
+        _power_iteration, loss_fn=loss_fn, num_iterations=num_iterations, chunk_size=chunk_size
+    )
+    return jax.vmap(power, in_axes=(0, None, None))(chain_params, data, key)
+
+
 def calibrate_step_size(
     loss_fn: Callable,
     params: PyTree,
@@ -174,29 +202,90 @@ def calibrate_step_size(
     safety_factor: float = DEFAULT_SAFETY_FACTOR,
     stability: float = 0.1,
     friction: float = 0.1,
+    pilot_steps: int = 500,
+    max_pilot_rounds: int = 3,
+    num_chains: int = 4,
+    batch_size: int | None = None,
+    num_iterations: int = 30,
+    max_examples: int = 4096,
 ) -> Calibration:
-    r"""Choose a step size from :math:`\lambda_{max}(n\beta H + \gamma I)` at ``params``."""
-    eigenvalue = top_hessian_eigenvalue(loss_fn, params, data, key=key)
-    max_curvature = nbeta * max(eigenvalue, 0.0) + localization
-    if max_curvature <= 0:
-        raise ValueError(
-            "the loss has no positive curvature at params and localization is 0: the localized "
-            "posterior is improper; pass localization > 0 or a step_size"
+    r"""Choose a step size from the curvature :math:`\lambda_{max}(n\beta H + \gamma I)`.
+
+    Round 0 measures :math:`\lambda_{max}(H)` at :math:`w^*` (power iteration on HVPs). The
+    curvature of a singular model grows away from :math:`w^*` (e.g. a deep linear network's
+    Hessian grows with its weights), so each further round runs ``num_chains`` pilot chains
+    for ``pilot_steps`` steps at the current step size, measures :math:`\lambda_{max}` where
+    they end, and lowers the step size to :math:`\kappa/\lambda_{max}` of the stiffest point
+    seen; it stops when a round raises the curvature by less than 25% (at most
+    ``max_pilot_rounds`` rounds; ``pilot_steps=0`` disables pilots). Pilot chains that diverge
+    halve the step size. The rounds are recorded in ``Calibration.rounds``.
+    """
+    from slt_jax.estimators.estimate import SAMPLER_FACTORIES
+    from slt_jax.sampling import sample
+
+    check_params(params)
+    subset_key, vector_key, pilot_key = jax.random.split(key, 3)
+    subset = _subsample(data, subset_key, max_examples)
+    chunk_size = min(1024, num_examples(subset))
+    check_loss_fn(loss_fn, params, subset, chunk_size)
+    eigenvalue = float(
+        _power_iteration(
+            params, subset, vector_key, loss_fn=loss_fn, num_iterations=num_iterations,
+            chunk_size=chunk_size,
         )
-    step_size = step_size_for(
-        sampler_name,
-        max_curvature,
-        safety_factor=safety_factor,
-        stability=stability,
-        friction=friction,
     )
+
+    def step_for(largest):
+        curvature = nbeta * max(largest, 0.0) + localization
+        if curvature <= 0:
+            raise ValueError(
+                "the loss has no positive curvature at params and localization is 0: the "
+                "localized posterior is improper; pass localization > 0 or a step_size"
+            )
+        rule = step_size_for(
+            sampler_name, curvature, safety_factor=safety_factor, stability=stability,
+            friction=friction,
+        )
+        return rule, curvature
+
+    largest = eigenvalue
+    step_size, max_curvature = step_for(largest)
+    rounds = [dict(round=0, where="w*", max_hessian_eigenvalue=eigenvalue, step_size=step_size)]
+    factory = SAMPLER_FACTORIES[sampler_name]
+    for round_index in range(1, max_pilot_rounds + 1 if pilot_steps > 0 else 1):
+        pilot_key, round_key = jax.random.split(pilot_key)
+        trace = sample(
+            loss_fn, params, data, factory(step_size, nbeta, localization), key=round_key,
+            num_chains=num_chains, num_draws=1, num_burnin=pilot_steps - 1,
+            batch_size=batch_size, observables={"params": lambda p: p},
+        )
+        if bool(trace.diverged.any()):
+            step_size = step_size / 2.0
+            rounds.append(dict(round=round_index, where="pilot diverged", step_size=step_size))
+            continue
+        endpoints = jax.tree.map(lambda x: x[:, 0], trace.observables["params"])
+        pilot_eigenvalues = _top_eigenvalues_at(
+            loss_fn, endpoints, subset, vector_key, num_iterations, chunk_size
+        )
+        pilot_largest = float(jnp.max(pilot_eigenvalues))
+        grown = pilot_largest > 1.25 * largest
+        largest = max(largest, pilot_largest)
+        if grown:
+            step_size, max_curvature = step_for(largest)
+        rounds.append(
+            dict(round=round_index, where=f"{pilot_steps}-step pilot ends",
+                 max_hessian_eigenvalue=pilot_largest, step_size=step_size)
+        )
+        if not grown:
+            break
     return Calibration(
         step_size=step_size,
         sampler=sampler_name,
-        max_hessian_eigenvalue=eigenvalue,
+        max_hessian_eigenvalue=largest,
         max_curvature=max_curvature,
         stability_bound=4.0 / max_curvature,
         safety_factor=safety_factor,
         nbeta=nbeta,
         localization=localization,
+        rounds=tuple(rounds),
     )

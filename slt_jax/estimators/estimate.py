@@ -110,6 +110,8 @@ def estimate_llc(
                 localization=localization,
                 sampler_name=name,
                 safety_factor=safety_factor,
+                num_chains=num_chains,
+                batch_size=batch_size,
             )
             step_size = calibration.step_size
         chosen = SAMPLER_FACTORIES[name](step_size, nbeta, localization)
