@@ -343,17 +343,20 @@ def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config
 
     def inner_body(carry, _):
         state, step = carry
-        state, loss = step_all_chains(state, chain_keys, step)
-        return (state, step + 1), loss
+        state, _ = step_all_chains(state, chain_keys, step)
+        return (state, step + 1), None
 
     def draw_body(carry, draw):
         state, step = carry
         observed = observe(state[0])
-        (state, step), losses = jax.lax.scan(
-            inner_body, (state, step), None, length=config.steps_per_draw
+        # the draw's loss is the first step's (at the draw's parameters); the remaining
+        # steps_per_draw - 1 steps record nothing, so thinning costs no memory
+        state, loss = step_all_chains(state, chain_keys, step)
+        (state, step), _ = jax.lax.scan(
+            inner_body, (state, step + 1), None, length=config.steps_per_draw - 1
         )
         _maybe_report(step, config.progress_every * config.steps_per_draw, total_steps)
-        return (state, step), (losses[0], observed)
+        return (state, step), (loss, observed)
 
     (state, step), (losses, observed) = jax.lax.scan(
         draw_body, (state, step), jnp.arange(config.num_draws)
@@ -368,6 +371,97 @@ def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config
         first_nonfinite_step=first_nonfinite,
     )
     return _constrain(trace, config, config.chain_axis)
+
+
+def _prepare(
+    loss_fn, params, data, sampler, *, key, num_chains, num_draws, num_burnin, steps_per_draw,
+    batch_size, observables, progress, progress_every, mesh, chain_axis, data_axis,
+):
+    """Validate everything (before any compilation) and build the program's arguments."""
+    if not hasattr(sampler, "init") or not hasattr(sampler, "update"):
+        raise TypeError(
+            "sampler must be an optax GradientTransformationExtraArgs such as "
+            f"slt_jax.samplers.sgld(...), got {sampler!r}"
+        )
+    num_chains = _check_int("num_chains", num_chains, 1)
+    num_draws = _check_int("num_draws", num_draws, 1)
+    num_burnin = _check_int("num_burnin", num_burnin, 0)
+    steps_per_draw = _check_int("steps_per_draw", steps_per_draw, 1)
+    check_params(params)
+    n = num_examples(data)
+    if batch_size is not None:
+        batch_size = _check_int("batch_size", batch_size, 1)
+        if batch_size > n:
+            raise ValueError(
+                f"batch_size must be at most the number of examples n={n}, got {batch_size} "
+                "(use batch_size=None for full-batch gradients)"
+            )
+    check_loss_fn(loss_fn, params, data, n if batch_size is None else batch_size)
+    if mesh is None:
+        chain_axis = data_axis = None
+    else:
+        _check_mesh(mesh, chain_axis, data_axis, num_chains, batch_size or n)
+        mesh = _auto_mesh(mesh)
+    observable_items = _check_observables(observables, params)
+    chain_keys = _chain_keys(key, num_chains)
+
+    if isinstance(sampler, Sampler):
+        factory, static, transform = sampler.factory, sampler.static, None
+        dtype = jnp.result_type(*jax.tree.leaves(params))
+        hyperparameters = {
+            k: jnp.asarray(v, dtype=dtype) for k, v in sampler.hyperparameters.items()
+        }
+        mask = mask_as_floats(sampler.mask, params) if sampler.mask is not None else None
+    else:
+        factory, static, transform = None, (), sampler
+        hyperparameters, mask = {}, None
+
+    if progress_every is None:
+        progress_every = max(1, num_draws // 100)
+    config = _Config(
+        loss_fn=loss_fn,
+        sampler_factory=factory,
+        sampler_static=static,
+        sampler_transform=transform,
+        observables=observable_items,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        steps_per_draw=steps_per_draw,
+        batch_size=batch_size,
+        num_samples=n,
+        progress_every=progress_every if progress else 0,
+        mesh=mesh,
+        chain_axis=chain_axis,
+        data_axis=data_axis,
+    )
+    arguments = (params, data, hyperparameters, mask, chain_keys)
+    return arguments, config
+
+
+def compiled_memory(loss_fn, params, data, sampler, **sample_kwargs) -> dict:
+    """Compile (without running) the program :func:`sample` would run and report its memory.
+
+    Returns XLA's ``memory_analysis`` in bytes: ``arguments`` (params, data, keys), ``output``
+    (the stored draws), ``temporary`` (chain states, gradients, activations) and ``total``.
+    Use it to check that a model fits before sampling; the temporary memory does not grow with
+    ``num_burnin`` or ``steps_per_draw`` (tests/test_memory.py).
+    """
+    sample_kwargs.setdefault("progress", False)
+    sample_kwargs.setdefault("progress_every", None)
+    for name, default in (("num_burnin", 0), ("steps_per_draw", 1), ("batch_size", None),
+                          ("observables", None), ("mesh", None), ("chain_axis", "chains"),
+                          ("data_axis", None)):
+        sample_kwargs.setdefault(name, default)
+    arguments, config = _prepare(loss_fn, params, data, sampler, **sample_kwargs)
+    analysis = _program.lower(*arguments, config=config).compile().memory_analysis()
+    result = {
+        "arguments": int(analysis.argument_size_in_bytes),
+        "output": int(analysis.output_size_in_bytes),
+        "temporary": int(analysis.temp_size_in_bytes),
+    }
+    result["total"] = sum(result.values())
+    return result
 
 
 def sample(
@@ -427,73 +521,22 @@ def sample(
     Returns:
       a :class:`Trace`. Non-finite losses are detected per chain (``trace.diverged``).
     """
-    if not hasattr(sampler, "init") or not hasattr(sampler, "update"):
-        raise TypeError(
-            "sampler must be an optax GradientTransformationExtraArgs such as "
-            f"slt_jax.samplers.sgld(...), got {sampler!r}"
-        )
-    num_chains = _check_int("num_chains", num_chains, 1)
-    num_draws = _check_int("num_draws", num_draws, 1)
-    num_burnin = _check_int("num_burnin", num_burnin, 0)
-    steps_per_draw = _check_int("steps_per_draw", steps_per_draw, 1)
-    check_params(params)
-    n = num_examples(data)
-    if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1)
-        if batch_size > n:
-            raise ValueError(
-                f"batch_size must be at most the number of examples n={n}, got {batch_size} "
-                "(use batch_size=None for full-batch gradients)"
-            )
-    check_loss_fn(loss_fn, params, data, n if batch_size is None else batch_size)
-    if mesh is None:
-        chain_axis = data_axis = None
-    else:
-        _check_mesh(mesh, chain_axis, data_axis, num_chains, batch_size or n)
-        mesh = _auto_mesh(mesh)
-    observable_items = _check_observables(observables, params)
-    chain_keys = _chain_keys(key, num_chains)
-
-    if isinstance(sampler, Sampler):
-        factory, static, transform = sampler.factory, sampler.static, None
-        dtype = jnp.result_type(*jax.tree.leaves(params))
-        hyperparameters = {
-            k: jnp.asarray(v, dtype=dtype) for k, v in sampler.hyperparameters.items()
-        }
-        mask = mask_as_floats(sampler.mask, params) if sampler.mask is not None else None
-    else:
-        factory, static, transform = None, (), sampler
-        hyperparameters, mask = {}, None
-
-    if progress_every is None:
-        progress_every = max(1, num_draws // 100)
-    config = _Config(
-        loss_fn=loss_fn,
-        sampler_factory=factory,
-        sampler_static=static,
-        sampler_transform=transform,
-        observables=observable_items,
-        num_chains=num_chains,
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        steps_per_draw=steps_per_draw,
-        batch_size=batch_size,
-        num_samples=n,
-        progress_every=progress_every if progress else 0,
-        mesh=mesh,
-        chain_axis=chain_axis,
-        data_axis=data_axis,
+    arguments, config = _prepare(
+        loss_fn, params, data, sampler, key=key, num_chains=num_chains, num_draws=num_draws,
+        num_burnin=num_burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
+        observables=observables, progress=progress, progress_every=progress_every, mesh=mesh,
+        chain_axis=chain_axis, data_axis=data_axis,
     )
     if not progress:
-        return _program(params, data, hyperparameters, mask, chain_keys, config=config)
+        return _program(*arguments, config=config)
 
     from tqdm.auto import tqdm
 
-    total = num_burnin + num_draws * steps_per_draw
+    total = config.num_burnin + config.num_draws * config.steps_per_draw
     with tqdm(total=total, desc=f"sampling {num_chains} chains", unit="step") as bar:
         _ACTIVE_PROGRESS[0] = bar
         try:
-            trace = _program(params, data, hyperparameters, mask, chain_keys, config=config)
+            trace = _program(*arguments, config=config)
             jax.block_until_ready(trace)
         finally:
             _ACTIVE_PROGRESS[0] = None
