@@ -5,7 +5,7 @@ vmapped chains in one compiled program, and estimators reduce traces to local le
 coefficients and friends. See MATH.md for every formula.
 """
 
-from slt_jax import calibration, data, diagnostics, models, samplers, truth
+from slt_jax import calibration, data, diagnostics, models, reference, samplers, truth
 from slt_jax.estimators import LLCResult, estimate_llc, llc
 from slt_jax.samplers import default_nbeta
 from slt_jax.sampling import Trace, evaluate_loss, sample
@@ -23,6 +23,7 @@ __all__ = [
     "evaluate_loss",
     "llc",
     "models",
+    "reference",
     "sample",
     "samplers",
     "truth",

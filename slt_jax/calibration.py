@@ -204,6 +204,7 @@ def calibrate_step_size(
     friction: float = 0.1,
     pilot_steps: int = 500,
     max_pilot_rounds: int = 3,
+    max_pilot_halvings: int = 20,
     num_chains: int = 4,
     batch_size: int | None = None,
     num_iterations: int = 30,
@@ -217,8 +218,11 @@ def calibrate_step_size(
     for ``pilot_steps`` steps at the current step size, measures :math:`\lambda_{max}` where
     they end, and lowers the step size to :math:`\kappa/\lambda_{max}` of the stiffest point
     seen; it stops when a round raises the curvature by less than 25% (at most
-    ``max_pilot_rounds`` rounds; ``pilot_steps=0`` disables pilots). Pilot chains that diverge
-    halve the step size. The rounds are recorded in ``Calibration.rounds``.
+    ``max_pilot_rounds`` measured rounds; ``pilot_steps=0`` disables pilots). A pilot whose
+    chains diverge halves the step size and is run again without counting as a round (at most
+    ``max_pilot_halvings`` times), so a model that is flat at :math:`w^*` (zero Hessian) still
+    gets its curvature measured where the chains go. The rounds are recorded in
+    ``Calibration.rounds``.
     """
     from slt_jax.estimators.estimate import SAMPLER_FACTORIES
     from slt_jax.sampling import sample
@@ -252,7 +256,9 @@ def calibrate_step_size(
     step_size, max_curvature = step_for(largest)
     rounds = [dict(round=0, where="w*", max_hessian_eigenvalue=eigenvalue, step_size=step_size)]
     factory = SAMPLER_FACTORIES[sampler_name]
-    for round_index in range(1, max_pilot_rounds + 1 if pilot_steps > 0 else 1):
+    measured_rounds, halvings, round_index = 0, 0, 0
+    while pilot_steps > 0 and measured_rounds < max_pilot_rounds:
+        round_index += 1
         pilot_key, round_key = jax.random.split(pilot_key)
         trace = sample(
             loss_fn, params, data, factory(step_size, nbeta, localization), key=round_key,
@@ -260,9 +266,18 @@ def calibrate_step_size(
             batch_size=batch_size, observables={"params": lambda p: p},
         )
         if bool(trace.diverged.any()):
+            # a diverged pilot does not count as a measurement: halve until one survives
+            halvings += 1
+            if halvings > max_pilot_halvings:
+                raise RuntimeError(
+                    f"pilot chains still diverge after {max_pilot_halvings} halvings of the step "
+                    f"size (now {step_size:.3g}); the loss may be unbounded below near w*, or "
+                    "pass step_size= yourself"
+                )
             step_size = step_size / 2.0
             rounds.append(dict(round=round_index, where="pilot diverged", step_size=step_size))
             continue
+        measured_rounds += 1
         endpoints = jax.tree.map(lambda x: x[:, 0], trace.observables["params"])
         pilot_eigenvalues = _top_eigenvalues_at(
             loss_fn, endpoints, subset, vector_key, num_iterations, chunk_size

@@ -117,8 +117,8 @@ def nuts_llc(
       num_chains, num_warmup, num_samples: NUTS chains, discarded adaptation iterations and
         recorded draws per chain.
       init_loss: :math:`L_n(w^*)`; computed on the full data in chunks if not given.
-      chunk_size: examples per chunk when :math:`L_n` is evaluated (``lax.map`` over chunks)
-        in the potential, and draws per batch when :math:`L_n` is evaluated at the samples.
+      chunk_size: examples per chunk when :math:`L_n` is evaluated (``lax.map`` over chunks),
+        in the potential and at the recorded draws (then ``chunk_size // n`` draws at a time).
       target_accept_prob, max_tree_depth, dense_mass: numpyro NUTS settings.
       max_parameters: refuse models with more parameters than this (raise it deliberately).
 
@@ -196,10 +196,13 @@ def nuts_llc(
     samples = jnp.reshape(samples, (num_chains, num_samples, num_parameters))
     extras = mcmc.get_extra_fields(group_by_chain=True)
 
+    # L_n at every draw: lax.map over draws, vmapped over as many draws at a time as keep about
+    # chunk_size examples in flight (one draw at a time once n >= chunk_size).
     flat_samples = samples.reshape(num_chains * num_samples, num_parameters)
-    losses = jax.jit(
-        lambda draws: jax.lax.map(full_loss, draws, batch_size=min(chunk_size, draws.shape[0]))
-    )(flat_samples)
+    draws_per_batch = max(1, min(chunk_size // loss_chunk, num_chains * num_samples))
+    losses = jax.jit(lambda draws: jax.lax.map(full_loss, draws, batch_size=draws_per_batch))(
+        flat_samples
+    )
     losses = np.asarray(losses, np.float64).reshape(num_chains, num_samples)
     result = llc(losses, nbeta=nbeta, init_loss=init_loss)
 
