@@ -5,10 +5,11 @@ vmapped chains in one compiled program, and estimators reduce traces to local le
 coefficients and friends. See MATH.md for every formula.
 """
 
-from slt_jax import calibration, data, diagnostics, models, reference, samplers, truth
+from slt_jax import calibration, data, diagnostics, models, samplers, truth
+from slt_jax.compilation_cache import enable_compilation_cache
 from slt_jax.estimators import LLCResult, estimate_llc, llc
 from slt_jax.samplers import default_nbeta
-from slt_jax.sampling import Trace, evaluate_loss, sample
+from slt_jax.sampling import Trace, compiled_memory, evaluate_loss, sample
 
 __version__ = "0.1.0"
 
@@ -16,9 +17,11 @@ __all__ = [
     "LLCResult",
     "Trace",
     "calibration",
+    "compiled_memory",
     "data",
     "default_nbeta",
     "diagnostics",
+    "enable_compilation_cache",
     "estimate_llc",
     "evaluate_loss",
     "llc",
@@ -28,3 +31,12 @@ __all__ = [
     "samplers",
     "truth",
 ]
+
+
+def __getattr__(name):
+    # slt_jax.reference imports numpyro's NUTS: load it only when asked for
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module("slt_jax.reference")
+    raise AttributeError(f"module 'slt_jax' has no attribute {name!r}")

@@ -15,13 +15,16 @@ def _demo(args) -> int:
     from slt_jax.models import count_parameters, dln_loss
 
     start = time.perf_counter()
+    if not args.no_cache:
+        slt.enable_compilation_cache()
     widths = list(args.widths)
-    teacher = make_dln_teacher(jax.random.key(args.seed), widths)
+    teacher = make_dln_teacher(jax.random.key(args.seed), widths, minimal_rank=True)
     data = make_dln_data(jax.random.key(args.seed + 1), teacher.params, args.num_samples)
     true_lambda = float(teacher.true_lambda)
     print(
         f"Deep linear network {widths} ({count_parameters(teacher.params)} parameters), teacher "
-        f"rank {teacher.rank}, n = {args.num_samples}, x ~ U[-10, 10]"
+        f"rank {teacher.rank} (every layer rank {teacher.rank}), n = {args.num_samples}, "
+        "x ~ U[-10, 10]"
     )
     print(f"Estimating its LLC with slt_jax.estimate_llc ({args.sampler}, calibrated step size)...")
     result = slt.estimate_llc(
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"slt_jax {__version__}")
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser("demo", help="estimate a deep linear network's LLC vs its truth")
-    demo.add_argument("--widths", type=int, nargs="+", default=[10, 10, 10, 10])
+    demo.add_argument("--widths", type=int, nargs="+", default=[12, 10, 14])
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--num-samples", type=int, default=10_000)
     demo.add_argument("--num-chains", type=int, default=4)
@@ -66,6 +69,9 @@ def main(argv=None) -> int:
         choices=["sgld", "rmsprop_sgld", "adam_sgld", "sgnht", "sghmc"],
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--no-cache", action="store_true", help="do not use the persistent compilation cache"
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from numpyro import diagnostics as numpyro_diagnostics
+
+
+def _numpyro_diagnostics():
+    # imported on first use: numpyro costs ~0.3 s of import time
+    from numpyro import diagnostics
+
+    return diagnostics
 
 
 def effective_sample_size(draws) -> float:
@@ -22,7 +28,7 @@ def effective_sample_size(draws) -> float:
     if np.all(draws == draws.flat[0]):
         return float(draws.size)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return float(numpyro_diagnostics.effective_sample_size(draws))
+        return float(_numpyro_diagnostics().effective_sample_size(draws))
 
 
 def split_rhat(draws) -> float:
@@ -33,7 +39,7 @@ def split_rhat(draws) -> float:
     if np.all(draws == draws.flat[0]):
         return float("nan")
     with np.errstate(invalid="ignore", divide="ignore"):
-        return float(numpyro_diagnostics.split_gelman_rubin(draws))
+        return float(_numpyro_diagnostics().split_gelman_rubin(draws))
 
 
 def monte_carlo_standard_error(draws) -> float:

@@ -77,3 +77,15 @@ def test_progress_bar_does_not_change_the_trace():
     quiet = slt.sample(loss_fn, params, data, sampler, **kwargs)
     shown = slt.sample(loss_fn, params, data, sampler, progress=True, progress_every=5, **kwargs)
     np.testing.assert_array_equal(np.asarray(quiet.loss), np.asarray(shown.loss))
+
+
+def test_enable_compilation_cache_sets_the_directory(tmp_path):
+    import jax
+
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        directory = slt.enable_compilation_cache(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_dir == directory
+        assert (tmp_path / "xla").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)

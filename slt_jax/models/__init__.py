@@ -14,3 +14,17 @@ __all__ = [
     "mlp_init",
     "mlp_loss",
 ]
+
+from slt_jax.models.transformer import (  # noqa: E402
+    transformer_apply,
+    transformer_generate,
+    transformer_init,
+    transformer_loss,
+)
+
+__all__ += [
+    "transformer_apply",
+    "transformer_generate",
+    "transformer_init",
+    "transformer_loss",
+]
