@@ -75,7 +75,8 @@ def test_progress_bar_does_not_change_the_trace():
     sampler = slt.samplers.sgld(1e-4, 100.0, 1.0)
     kwargs = dict(key=jax.random.key(0), num_chains=2, num_draws=30, num_burnin=10, batch_size=64)
     quiet = slt.sample(loss_fn, params, data, sampler, **kwargs)
-    shown = slt.sample(loss_fn, params, data, sampler, progress=True, progress_every=5, **kwargs)
+    # 30 draws in blocks of 7 (and 10 burn-in steps): exercises the remainder blocks too
+    shown = slt.sample(loss_fn, params, data, sampler, progress=True, progress_every=7, **kwargs)
     np.testing.assert_array_equal(np.asarray(quiet.loss), np.asarray(shown.loss))
 
 
