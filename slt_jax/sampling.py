@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from slt_jax.samplers._base import Sampler, mask_as_floats, validate_mask
+from slt_jax.samplers._base import Sampler, mask_as_floats
 
 PyTree = Any
 

@@ -37,10 +37,6 @@ class Sampler(optax.GradientTransformationExtraArgs):
         self.mask = mask
         return self
 
-    def rebuild(self, hyperparameters, mask):
-        """The same sampler with (possibly traced) hyperparameter values and mask."""
-        return self.factory(**hyperparameters, **dict(self.static), mask=mask)
-
     def replace(self, **hyperparameters):
         """A copy with some hyperparameters changed, e.g. ``sampler.replace(step_size=1e-5)``."""
         unknown = set(hyperparameters) - set(self.hyperparameters)
