@@ -104,22 +104,16 @@ def test_loss_rejects_mismatched_pair(params, tokens):
         transformer_loss(params, (tokens[:, :-1], tokens[:, :-2]))
 
 
-def test_loss_works_inside_sample(params, tokens):
-    import slt_jax as slt
+def test_loss_meets_the_sampler_contract():
+    """``slt.sample``'s own check accepts the loss ((b, T) floats) and its gradient is finite."""
+    from slt_jax.sampling import check_loss_fn
 
+    params = transformer_init(jax.random.key(0), VOCAB, CONTEXT, WIDTH, 1, HEADS)  # quick to compile
     data = jax.random.randint(jax.random.key(2), (16, CONTEXT + 1), 0, VOCAB)
-    trace = slt.sample(
-        transformer_loss,
-        params,
-        data,
-        slt.samplers.sgld(step_size=1e-5, nbeta=10.0),
-        key=jax.random.key(3),
-        num_chains=2,
-        num_draws=3,
-        batch_size=4,
-    )
-    assert trace.loss.shape == (2, 3)
-    assert np.all(np.isfinite(np.asarray(trace.loss)))
+    assert check_loss_fn(transformer_loss, params, data, 4) == (4, CONTEXT)
+    grads = jax.jit(jax.grad(lambda p: transformer_loss(p, data[:4]).mean()))(params)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
 
 
 def test_generate_cache_matches_full_forward(params):
