@@ -165,7 +165,8 @@ def test_negative_localization(name):
 
 @pytest.mark.parametrize("name", sorted(SAMPLER_FACTORIES))
 def test_zero_localization_is_allowed(name):
-    SAMPLER_FACTORIES[name](step_size=1e-3, nbeta=10.0, localization=0.0)
+    sampler = SAMPLER_FACTORIES[name](step_size=1e-3, nbeta=10.0, localization=0.0)
+    assert sampler.hyperparameters["localization"] == 0.0
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLER_FACTORIES))
