@@ -224,7 +224,7 @@ def calibrate_step_size(
     gets its curvature measured where the chains go. The rounds are recorded in
     ``Calibration.rounds``.
     """
-    from slt_jax.estimators.estimate import SAMPLER_FACTORIES
+    from slt_jax.samplers import SAMPLERS
     from slt_jax.sampling import sample
 
     check_params(params)
@@ -255,7 +255,7 @@ def calibrate_step_size(
     largest = eigenvalue
     step_size, max_curvature = step_for(largest)
     rounds = [dict(round=0, where="w*", max_hessian_eigenvalue=eigenvalue, step_size=step_size)]
-    factory = SAMPLER_FACTORIES[sampler_name]
+    factory = SAMPLERS[sampler_name]
     measured_rounds, halvings, round_index = 0, 0, 0
     while pilot_steps > 0 and measured_rounds < max_pilot_rounds:
         round_index += 1

@@ -13,7 +13,6 @@ with an SGLD estimate isolates the sampler error, and comparing it with a closed
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Any, Callable
@@ -24,6 +23,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_jax.estimators.llc import LLCResult, llc
+from slt_jax.samplers._base import check_positive
 from slt_jax.sampling import (
     _check_int,
     _check_key,
@@ -41,15 +41,9 @@ __all__ = ["DEFAULT_MAX_PARAMETERS", "nuts_llc"]
 DEFAULT_MAX_PARAMETERS = 5_000
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return value
+def _check_positive(name: str, value, allow_zero: bool = False) -> float:
+    check_positive(name, value, allow_zero=allow_zero)
+    return float(value)
 
 
 def nuts_llc(

@@ -18,13 +18,7 @@ from slt_jax import sampling
 NUM_EXAMPLES = 32
 INPUT_DIMENSION = 3
 
-SAMPLER_FACTORIES = {
-    "sgld": slt.samplers.sgld,
-    "rmsprop_sgld": slt.samplers.rmsprop_sgld,
-    "adam_sgld": slt.samplers.adam_sgld,
-    "sgnht": slt.samplers.sgnht,
-    "sghmc": slt.samplers.sghmc,
-}
+SAMPLER_FACTORIES = slt.samplers.SAMPLERS
 SAMPLER_NAMES = sorted(SAMPLER_FACTORIES)
 
 

@@ -17,13 +17,7 @@ import slt_jax as slt
 from slt_jax import sampling
 
 NUM_EXAMPLES = 8
-SAMPLER_FACTORIES = {
-    "sgld": slt.samplers.sgld,
-    "rmsprop_sgld": slt.samplers.rmsprop_sgld,
-    "adam_sgld": slt.samplers.adam_sgld,
-    "sgnht": slt.samplers.sgnht,
-    "sghmc": slt.samplers.sghmc,
-}
+SAMPLER_FACTORIES = slt.samplers.SAMPLERS
 
 
 def loss_fn(params, batch):

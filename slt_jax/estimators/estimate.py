@@ -8,21 +8,13 @@ from typing import Any, Callable
 
 import jax
 
-from slt_jax import samplers as sampler_module
 from slt_jax.calibration import DEFAULT_SAFETY_FACTOR, calibrate_step_size
 from slt_jax.estimators.llc import LLCResult, llc
-from slt_jax.samplers import Sampler, default_nbeta
+from slt_jax.samplers import SAMPLERS, Sampler, default_nbeta
 from slt_jax.sampling import evaluate_loss, num_examples, sample
 
 PyTree = Any
 
-SAMPLER_FACTORIES = {
-    "sgld": sampler_module.sgld,
-    "rmsprop_sgld": sampler_module.rmsprop_sgld,
-    "adam_sgld": sampler_module.adam_sgld,
-    "sgnht": sampler_module.sgnht,
-    "sghmc": sampler_module.sghmc,
-}
 
 DEFAULT_BATCH_SIZE = 500
 
@@ -94,9 +86,9 @@ def estimate_llc(
         nbeta = float(sampler.hyperparameters["nbeta"])
     else:
         name = "sgld" if sampler is None else sampler
-        if name not in SAMPLER_FACTORIES:
+        if name not in SAMPLERS:
             raise ValueError(
-                f"unknown sampler {name!r}; expected one of {sorted(SAMPLER_FACTORIES)} or a "
+                f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)} or a "
                 "sampler object from slt_jax.samplers"
             )
         nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
@@ -114,7 +106,7 @@ def estimate_llc(
                 batch_size=batch_size,
             )
             step_size = calibration.step_size
-        chosen = SAMPLER_FACTORIES[name](step_size, nbeta, localization)
+        chosen = SAMPLERS[name](step_size, nbeta, localization)
 
     retries = 0
     while True:

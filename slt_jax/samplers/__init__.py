@@ -33,7 +33,17 @@ from slt_jax.samplers.mala import (
     mala_acceptance_probability,
 )
 
+#: every sampler factory by name (``estimate_llc(sampler="...")``, calibration, benchmarks)
+SAMPLERS = {
+    "sgld": sgld,
+    "rmsprop_sgld": rmsprop_sgld,
+    "adam_sgld": adam_sgld,
+    "sgnht": sgnht,
+    "sghmc": sghmc,
+}
+
 __all__ = [
+    "SAMPLERS",
     "AdamPreconditionerState",
     "PreconditionedLangevinState",
     "Preconditioner",
