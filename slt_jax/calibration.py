@@ -129,13 +129,9 @@ def top_hessian_eigenvalue(
     (a lower bound that converges to :math:`\lambda_{max}` when it dominates in magnitude).
     """
     check_params(params)
-    n = num_examples(data)
     subset_key, vector_key = jax.random.split(key)
-    if n > max_examples:
-        subset = jax.random.choice(subset_key, n, (max_examples,), replace=False)
-        data = jax.tree.map(lambda x: jnp.take(x, subset, axis=0), data)
-        n = max_examples
-    chunk_size = min(chunk_size, n)
+    data = _subsample(data, subset_key, max_examples)
+    chunk_size = min(chunk_size, num_examples(data))
     check_loss_fn(loss_fn, params, data, chunk_size)
     eigenvalue = _power_iteration(
         params,
