@@ -6,16 +6,27 @@ precision :math:`P` is :math:`1/(P(1 - \epsilon P/4))` (MATH.md §1, §7): the r
 stiffest direction is :math:`\approx \epsilon\lambda_{max}/4`. We measure :math:`\lambda_{max}(H)`
 with power iteration on Hessian-vector products of the full-data (or a large random subset's)
 mean loss and set :math:`\epsilon = \kappa/\lambda_{max}(A)` with a safety factor
-:math:`\kappa` (``0.2`` by default: at most ~5% bias on the stiffest direction, well inside
-the stability bound, which leaves room for curvature growing away from :math:`w^*`).
+:math:`\kappa` (``0.1`` by default: about 2.5% variance bias on the stiffest direction, far
+inside the stability bound, which leaves room for the curvature growing where the chains go:
+on deep linear networks the chains drift along the flat directions of the set of true parameters
+into regions where :math:`\lambda_{max}` is several times larger, and a fixed step size's bias
+grows with it; ``docs/calibration_findings.md``).
 
-Preconditioned and momentum samplers get the equivalent step size:
+Preconditioned and momentum samplers get the step size with the same stationary-variance bias
+on the stiffest direction:
 
 * RMSProp-/Adam-SGLD: :math:`P \le 1/a`, so :math:`\epsilon = \kappa a / \lambda_{max}(A)`.
-* SGHMC (learning rate :math:`\eta`, friction :math:`\alpha`): :math:`\eta = \kappa\alpha/(2\lambda_{max}(A))`
-  (with :math:`\alpha = 1` SGHMC is SGLD with :math:`\epsilon = 2\eta`).
-* SGNHT: a second-order integrator with position step :math:`\epsilon p`, stable for
-  :math:`\epsilon\sqrt{\lambda_{max}} < 2`: :math:`\epsilon = \sqrt{\kappa/\lambda_{max}(A)}`.
+* SGHMC (learning rate :math:`\eta`, friction :math:`\alpha`): on a quadratic with precision
+  :math:`P` its stationary position variance is exactly SGLD's with
+  :math:`\epsilon = 2\eta/(2-\alpha)` (:func:`slt_jax.truth.sghmc_stationary_variance`), so
+  :math:`\eta = \kappa(2-\alpha)/(2\lambda_{max}(A))`. In the overdamped regime its relaxation
+  and diffusion are :math:`\approx 1/\alpha` times faster than SGLD's at the same bias.
+* SGNHT: with :math:`v = \epsilon p` it is SGHMC with :math:`\eta = \epsilon^2` and friction
+  :math:`\alpha = \xi\epsilon` (thermostat :math:`\xi`, started at the ``diffusion``
+  :math:`A`): :math:`\epsilon = \sqrt{\kappa(2-\alpha)/(2\lambda_{max}(A))}` and
+  :math:`A = \alpha/\epsilon`, so the friction per step starts at :math:`\alpha`. (A fixed
+  :math:`A = 0.01` gives a friction per step of :math:`\sim 10^{-5}` at the step sizes these
+  models need: the thermostat then takes ~:math:`10^5` steps to react and the chain heats up.)
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from slt_jax.sampling import check_loss_fn, check_params, num_examples
 
 PyTree = Any
 
-DEFAULT_SAFETY_FACTOR = 0.2
+DEFAULT_SAFETY_FACTOR = 0.1
 
 
 class Calibration(NamedTuple):
@@ -47,6 +58,13 @@ class Calibration(NamedTuple):
     nbeta: float
     localization: float
     rounds: tuple = ()
+    options: tuple = ()
+
+    @property
+    def hyperparameters(self) -> dict:
+        """The sampler keyword arguments the calibration chose: ``step_size`` and any others
+        the step-size rule assumed (``friction``, ``diffusion``, ``stability``)."""
+        return {"step_size": self.step_size, **dict(self.options)}
 
     def table(self) -> str:
         """The calibration rounds as a small text table (the evidence for the choice)."""
@@ -152,22 +170,41 @@ def step_size_for(
     stability: float = 0.1,
     friction: float = 0.1,
 ) -> float:
-    """The step size of ``sampler_name`` equivalent to SGLD's ``safety_factor / max_curvature``."""
+    """The step size of ``sampler_name`` with SGLD's bias at ``safety_factor / max_curvature``.
+
+    See the module docstring for each rule; ``stability`` is RMSProp/Adam's :math:`a`,
+    ``friction`` is SGHMC's :math:`\\alpha` (and SGNHT's friction per step).
+    """
     if max_curvature <= 0 or not math.isfinite(max_curvature):
         raise ValueError(f"max_curvature must be finite and > 0, got {max_curvature}")
+    if not 0 < friction <= 1:
+        raise ValueError(f"friction must be in (0, 1], got {friction}")
     base = safety_factor / max_curvature
     if sampler_name == "sgld":
         return base
     if sampler_name in ("rmsprop_sgld", "adam_sgld"):
         return base * stability
     if sampler_name == "sghmc":
-        return base * friction / 2.0
+        return base * (2.0 - friction) / 2.0
     if sampler_name == "sgnht":
-        return math.sqrt(base)
+        return math.sqrt(base * (2.0 - friction) / 2.0)
     raise ValueError(
         f"no step-size rule for sampler {sampler_name!r}; expected one of sgld, rmsprop_sgld, "
         "adam_sgld, sghmc, sgnht (or pass step_size= yourself)"
     )
+
+
+def sampler_options_for(
+    sampler_name: str, step_size: float, *, stability: float = 0.1, friction: float = 0.1
+) -> dict:
+    """The non-step hyperparameters that :func:`step_size_for`'s rule assumes."""
+    if sampler_name in ("rmsprop_sgld", "adam_sgld"):
+        return {"stability": stability}
+    if sampler_name == "sghmc":
+        return {"friction": friction}
+    if sampler_name == "sgnht":
+        return {"diffusion": friction / step_size}
+    return {}
 
 
 def _subsample(data, key, max_examples):
@@ -248,6 +285,9 @@ def calibrate_step_size(
         )
         return rule, curvature
 
+    def options_for(step):
+        return sampler_options_for(sampler_name, step, stability=stability, friction=friction)
+
     largest = eigenvalue
     step_size, max_curvature = step_for(largest)
     rounds = [dict(round=0, where="w*", max_hessian_eigenvalue=eigenvalue, step_size=step_size)]
@@ -257,7 +297,8 @@ def calibrate_step_size(
         round_index += 1
         pilot_key, round_key = jax.random.split(pilot_key)
         trace = sample(
-            loss_fn, params, data, factory(step_size, nbeta, localization), key=round_key,
+            loss_fn, params, data,
+            factory(step_size, nbeta, localization, **options_for(step_size)), key=round_key,
             num_chains=num_chains, num_draws=1, num_burnin=pilot_steps - 1,
             batch_size=batch_size, observables={"params": lambda p: p},
         )
@@ -299,4 +340,5 @@ def calibrate_step_size(
         nbeta=nbeta,
         localization=localization,
         rounds=tuple(rounds),
+        options=tuple(options_for(step_size).items()),
     )

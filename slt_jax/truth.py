@@ -25,6 +25,7 @@ __all__ = [
     "deep_linear_network_multiplicity",
     "gaussian_llc",
     "sgld_stationary_variance",
+    "sghmc_stationary_variance",
     "linear_regression_loss_covariance",
 ]
 
@@ -351,6 +352,52 @@ def sgld_stationary_variance(precision, step_size):
         )
     variance = 1.0 / (p * (1.0 - eps * p / 4.0))
     return float(variance) if variance.ndim == 0 else variance
+
+
+def sghmc_stationary_variance(precision, learning_rate, friction):
+    r"""Stationary position and velocity variances of SGHMC on a 1-d quadratic.
+
+    The update of :func:`slt_jax.samplers.sghmc` on :math:`U(u) = \tfrac12 P u^2`,
+
+    .. math::
+
+        v \leftarrow (1-\alpha) v - \eta P u + \sqrt{2\alpha\eta}\,\xi,\qquad u \leftarrow u + v,
+
+    is a linear recursion whose stationary covariance solves a discrete Lyapunov equation
+    (ours; checked against ``scipy.linalg.solve_discrete_lyapunov`` in the tests):
+
+    .. math::
+
+        \operatorname{Var} u = \frac{1}{P\,(1 - \eta P / (2(2-\alpha)))},\qquad
+        \operatorname{Var} v = \frac{2\eta}{(2-\alpha)\,(1 - \eta P / (2(2-\alpha)))}.
+
+    The position variance is SGLD's (:func:`sgld_stationary_variance`) at
+    :math:`\epsilon = 2\eta/(2-\alpha)`: at equal bias SGHMC's learning rate is
+    :math:`(2-\alpha)/2` times SGLD's step size. Stable for :math:`\eta P < 2(2-\alpha)`.
+
+    Returns ``(position_variance, velocity_variance)``, floats for scalar input.
+    """
+    p = np.asarray(precision, dtype=np.float64)
+    eta = float(learning_rate)
+    alpha = float(friction)
+    if not np.all(np.isfinite(p)) or np.any(p <= 0):
+        raise ValueError(f"precision must be positive and finite, got {precision!r}")
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"learning_rate must be non-negative and finite, got {learning_rate!r}")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"friction must be in (0, 1], got {friction!r}")
+    bound = 2.0 * (2.0 - alpha)
+    if np.any(eta * p >= bound):
+        raise ValueError(
+            f"SGHMC is stable only for learning_rate < 2(2 - friction)/max precision = "
+            f"{bound / float(np.max(p))!r}, got learning_rate={eta!r}"
+        )
+    shrink = 1.0 - eta * p / bound
+    position = 1.0 / (p * shrink)
+    velocity = 2.0 * eta / ((2.0 - alpha) * shrink)
+    if position.ndim == 0:
+        return float(position), float(velocity)
+    return position, velocity
 
 
 def gaussian_llc(curvatures, nbeta, localization=0.0, step_size=None) -> float:

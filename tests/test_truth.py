@@ -306,6 +306,37 @@ def test_sgld_stationary_variance_accepts_arrays():
     np.testing.assert_allclose(values, 1 / (precision * (1 - 0.1 * precision / 4)), rtol=1e-14)
 
 
+@pytest.mark.parametrize("friction", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("fraction_of_bound", [0.02, 0.4, 0.9])
+def test_sghmc_stationary_variance_solves_the_lyapunov_equation(friction, fraction_of_bound):
+    from scipy.linalg import solve_discrete_lyapunov
+
+    precision = 3.0
+    learning_rate = fraction_of_bound * 2 * (2 - friction) / precision
+    # state (u, v): v' = (1 - a) v - eta P u + s xi, u' = u + v'
+    transition = np.array(
+        [[1 - learning_rate * precision, 1 - friction], [-learning_rate * precision, 1 - friction]]
+    )
+    noise = np.sqrt(2 * friction * learning_rate) * np.ones((2, 1))
+    covariance = solve_discrete_lyapunov(transition, noise @ noise.T)
+    position, velocity = truth.sghmc_stationary_variance(precision, learning_rate, friction)
+    assert position == pytest.approx(covariance[0, 0], rel=1e-10)
+    assert velocity == pytest.approx(covariance[1, 1], rel=1e-10)
+    # the position variance is SGLD's at eps = 2 eta / (2 - a)
+    assert position == pytest.approx(
+        truth.sgld_stationary_variance(precision, 2 * learning_rate / (2 - friction)), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "precision, learning_rate, friction",
+    [(0.0, 0.1, 0.1), (1.0, -0.1, 0.1), (1.0, 0.1, 0.0), (1.0, 0.1, 1.5), (10.0, 0.4, 0.1)],
+)
+def test_sghmc_stationary_variance_rejects_invalid_inputs(precision, learning_rate, friction):
+    with pytest.raises(ValueError):
+        truth.sghmc_stationary_variance(precision, learning_rate, friction)
+
+
 def test_linear_regression_loss_covariance_matches_monte_carlo():
     rng = np.random.default_rng(1)
     n, d, draws = 4, 3, 400_000
