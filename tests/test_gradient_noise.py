@@ -1,0 +1,116 @@
+"""Minibatch gradient noise: the measured per-example gradient variance and the LLC bias it
+causes (``slt_jax.calibration.gradient_noise_bias``), checked against a linear-Gaussian model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slt_jax as slt
+from slt_jax import diagnostics
+from slt_jax.calibration import (
+    DEFAULT_FRICTION,
+    _friction_for_noise,
+    _gradient_variance_sum,
+    calibrate_step_size,
+    gradient_noise_bias,
+)
+
+
+def _regression(n=4000, d=4, noise=1.0, seed=0):
+    """y = x·w0 + noise·e; w* is the least-squares solution, so L_n is minimal at w*."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    y = x @ rng.standard_normal(d) + noise * rng.standard_normal(n)
+    center = np.linalg.lstsq(x, y, rcond=None)[0]
+
+    def loss_fn(params, batch):
+        inputs, targets = batch
+        return 0.5 * (inputs @ params["w"] - targets) ** 2
+
+    data = (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+    return loss_fn, {"w": jnp.asarray(center, jnp.float32)}, data, x, y, center
+
+
+def test_gradient_variance_sum_matches_numpy():
+    loss_fn, params, data, x, y, center = _regression(n=300, d=5)
+    point = center + 0.3
+    gradients = x * (x @ point - y)[:, None]  # per-example gradients of ½(x·w - y)²
+    expected = gradients.var(axis=0, ddof=1).sum()
+    measured = _gradient_variance_sum(
+        {"w": jnp.asarray(point, jnp.float32)}, data, loss_fn=loss_fn, chunk_size=32
+    )
+    assert float(measured) == pytest.approx(expected, rel=1e-4)
+
+
+def _llc_with_full_loss(loss_fn, params, data, sampler, nbeta, batch_size, key):
+    full_loss = lambda p: jnp.mean(loss_fn(p, data))  # noqa: E731
+    trace = slt.sample(
+        loss_fn, params, data, sampler, key=key, num_chains=32, num_draws=3000,
+        num_burnin=1000, batch_size=batch_size, observables={"L": full_loss},
+    )
+    assert not bool(trace.diverged.any())
+    excess = nbeta * (np.asarray(trace.observables["L"], np.float64) - float(full_loss(params)))
+    return excess.mean(), diagnostics.monte_carlo_standard_error(excess)
+
+
+@pytest.mark.parametrize(
+    "name, batch_size, make",
+    [
+        # both at step·P = 0.1 and a predicted heating of about 15%
+        ("sgld", 32, lambda nbeta: slt.samplers.sgld(5e-4, nbeta, 1.0)),
+        ("sghmc", 128, lambda nbeta: slt.samplers.sghmc(5e-4, nbeta, 1.0, friction=0.5)),
+    ],
+)
+def test_minibatch_heating_matches_gradient_noise_bias(name, batch_size, make):
+    loss_fn, params, data, *_ = _regression()
+    nbeta = 200.0
+    sampler = make(nbeta)
+    full, full_mcse = _llc_with_full_loss(
+        loss_fn, params, data, sampler, nbeta, None, jax.random.key(0)
+    )
+    noisy, noisy_mcse = _llc_with_full_loss(
+        loss_fn, params, data, sampler, nbeta, batch_size, jax.random.key(1)
+    )
+    variance = float(_gradient_variance_sum(params, data, loss_fn=loss_fn, chunk_size=500))
+    predicted = gradient_noise_bias(
+        name, step_size=float(sampler.hyperparameters["step_size"]), gradient_variance=variance,
+        nbeta=nbeta, batch_size=batch_size, llc=full,
+        friction=float(sampler.hyperparameters.get("friction", DEFAULT_FRICTION)),
+    )
+    measured = noisy / full - 1
+    mcse = np.hypot(noisy_mcse / full, noisy * full_mcse / full**2)
+    assert 0.1 < predicted < 0.2
+    # first order in the heating; the residuals grow by O(d/nβ) = 2% away from w*: allowance
+    assert abs(measured - predicted) < 4 * mcse + 0.02, (measured, predicted, mcse)
+
+
+def test_friction_rule_keeps_the_predicted_bias_at_the_tolerance():
+    for coefficient in [1e-5, 1e-3, 3e-3, 0.02, 1.0]:
+        friction = _friction_for_noise(coefficient, 0.01)
+        assert DEFAULT_FRICTION <= friction <= 1.0
+        bias = coefficient * (2 - friction) / friction
+        assert bias <= 0.01 + 1e-12 or friction == 1.0
+        if friction > DEFAULT_FRICTION and friction < 1.0:
+            assert bias == pytest.approx(0.01)
+
+
+def test_calibration_raises_sghmc_friction_when_gradient_noise_is_large():
+    loss_fn, params, data, *_ = _regression(noise=3.0)
+    nbeta = 200.0
+    kwargs = dict(key=jax.random.key(2), nbeta=nbeta, localization=1.0, batch_size=4)
+    sghmc = calibrate_step_size(loss_fn, params, data, sampler_name="sghmc", **kwargs)
+    options = dict(sghmc.options)
+    assert options["friction"] > DEFAULT_FRICTION
+    assert sghmc.gradient_noise_bias == pytest.approx(0.01, rel=1e-6) or options["friction"] == 1
+    assert "noise" in sghmc.table()
+    # a nearly noise-free problem with larger batches keeps the default friction
+    quiet_loss, quiet_params, quiet_data, *_ = _regression(noise=0.05)
+    quiet = calibrate_step_size(
+        quiet_loss, quiet_params, quiet_data, sampler_name="sghmc", **{**kwargs, "batch_size": 400}
+    )
+    assert dict(quiet.options)["friction"] == DEFAULT_FRICTION
+    assert quiet.gradient_noise_bias < 0.01
+    # an explicit friction is respected
+    fixed = calibrate_step_size(loss_fn, params, data, sampler_name="sghmc", friction=0.2, **kwargs)
+    assert dict(fixed.options)["friction"] == 0.2
