@@ -26,7 +26,8 @@ def _demo(args) -> int:
         f"rank {teacher.rank} (every layer rank {teacher.rank}), n = {args.num_samples}, "
         "x ~ U[-10, 10]"
     )
-    print(f"Estimating its LLC with slt_jax.estimate_llc ({args.sampler}, calibrated step size)...")
+    sampler_text = args.sampler or "default sampler"
+    print(f"Estimating its LLC with slt_jax.estimate_llc ({sampler_text}, calibrated step size)...")
     result = slt.estimate_llc(
         dln_loss,
         teacher.params,
@@ -65,8 +66,9 @@ def main(argv=None) -> int:
     demo.add_argument("--num-draws", type=int, default=4000)
     demo.add_argument(
         "--sampler",
-        default="sgld",
+        default=None,
         choices=["sgld", "rmsprop_sgld", "adam_sgld", "sgnht", "sghmc"],
+        help="default: estimate_llc's default sampler",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument(
