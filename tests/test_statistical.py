@@ -223,6 +223,32 @@ def test_sghmc_gaussian_variance_matches_its_closed_form(friction):
     assert abs(draws[..., 2].var() * precision[2] - 1) > 0.3
 
 
+def test_sgnht_thermostat_keeps_unit_temperature_at_large_friction_per_step():
+    """SGNHT with friction per step εA = 0.3: the thermostat must settle where the positions
+    have SGHMC's unit-temperature variance (η = ε², α = 0.3). With Ding et al.'s target
+    p²/d → 1 it settles at εξ = 1 - √0.4 and the variance is 18% low."""
+    loss_fn, nbeta, localization, mean, _ = _gaussian_problem()
+    precision = nbeta * np.array([1.0, 2.0, 4.0]) + localization
+    step_size, friction = 0.01, 0.3
+    expected, _ = truth.sghmc_stationary_variance(precision, step_size**2, friction)
+    sampler = slt.samplers.sgnht(step_size, nbeta, localization, diffusion=friction / step_size)
+    trace = slt.sample(
+        loss_fn, {"w": jnp.zeros(3)}, DUMMY_DATA, sampler, key=jax.random.key(6),
+        num_chains=64, num_draws=4000, num_burnin=2000, observables={"w": lambda p: p["w"]},
+    )
+    draws = np.asarray(trace.observables["w"], np.float64)
+    for i in range(3):
+        centered_square = (draws[..., i] - mean[i]) ** 2
+        # allowance: the thermostat's own fluctuations (d = 3) perturb the law slightly
+        _assert_close(
+            centered_square.mean(),
+            diagnostics.monte_carlo_standard_error(centered_square),
+            expected[i],
+            relative_allowance=0.03,
+            label=f"sgnht var[{i}]",
+        )
+
+
 @pytest.mark.parametrize(
     "widths, seed",
     [

@@ -7,6 +7,7 @@ not from somewhere inside ``jit``.
 """
 
 import contextlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -381,3 +382,16 @@ def test_llc_init_loss_not_finite():
 def test_llc_losses_with_wrong_rank():
     with pytest.raises(ValueError, match=r"losses must have shape \(num_chains, num_draws\)"):
         slt.llc(np.ones(5), nbeta=1.0, init_loss=0.5)
+
+
+def test_llc_warns_when_the_trace_is_still_drifting():
+    rng = np.random.default_rng(0)
+    stationary = 1.0 + 0.1 * rng.standard_normal((4, 2000))
+    drifting = stationary + np.linspace(0.0, 0.5, 2000)[None, :]  # a slow rise over the run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = slt.llc(stationary, nbeta=10.0, init_loss=0.0)
+    assert quiet.rhat < 1.01
+    with pytest.warns(RuntimeWarning, match=r"split R-hat .* not stationary"):
+        drifting_result = slt.llc(drifting, nbeta=10.0, init_loss=0.0)
+    assert drifting_result.rhat > 1.05

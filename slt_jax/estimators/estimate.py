@@ -58,9 +58,10 @@ def estimate_llc(
 
     Why SGHMC: at the same stationary-variance bias (SGHMC with learning rate :math:`\eta` and
     friction :math:`\alpha` has SGLD's bias at :math:`\epsilon = 2\eta/(2-\alpha)`), its
-    overdamped dynamics relax ill-conditioned directions about :math:`1/\alpha` times faster.
+    overdamped dynamics relax ill-conditioned directions about
+    :math:`(2-\alpha)/\alpha \approx 2/\alpha` times faster.
     On the DLN suite (``benchmarks/dln_suite.py``, 8 instances up to 10k parameters) it gives a
-    median |relative error| of 2.5% and a maximum of 10.6%, where SGLD gives a maximum of 23%
+    median |relative error| of 2.3% and a maximum of 10.6%, where SGLD at the same bias gives 27%
     (an ill-conditioned depth-4 network whose soft directions relax over ~7,000 SGLD steps;
     README, ``docs/calibration_findings.md``). If a chain diverges with a
     calibrated step size, the step size is halved and the run repeated (``max_retries`` times);
@@ -149,7 +150,11 @@ def estimate_llc(
             RuntimeWarning,
             stacklevel=2,
         )
-        chosen = chosen.replace(step_size=new_step)
+        changes = {"step_size": new_step}
+        if "diffusion" in chosen.hyperparameters:
+            # SGNHT: keep the friction per step (diffusion × step size) that was calibrated
+            changes["diffusion"] = float(chosen.hyperparameters["diffusion"]) * 2.0
+        chosen = chosen.replace(**changes)
 
     result = llc(trace, nbeta=nbeta, init_loss=init_loss)
     hyperparameters = {

@@ -56,6 +56,9 @@ class LLCResult(NamedTuple):
         return text
 
 
+RHAT_WARNING = 1.05
+
+
 def llc(trace: Any, *, nbeta: float, init_loss: float, loss: str = "loss") -> LLCResult:
     r"""Estimate the LLC from a :class:`slt_jax.Trace` (or a ``(chains, draws)`` loss array).
 
@@ -74,7 +77,9 @@ def llc(trace: Any, *, nbeta: float, init_loss: float, loss: str = "loss") -> LL
         (e.g. the loss on a fixed evaluation set).
 
     Chains with a non-finite loss are excluded and reported with a ``RuntimeWarning``; a
-    negative estimate warns that :math:`w^*` is not a local minimum.
+    negative estimate warns that :math:`w^*` is not a local minimum; a split-:math:`\hat R`
+    above ``RHAT_WARNING`` (1.05) warns that the loss trace is still drifting (the two halves
+    of the chains disagree), so the estimate depends on the run length.
     """
     nbeta = float(nbeta)
     if not np.isfinite(nbeta) or nbeta <= 0:
@@ -113,6 +118,14 @@ def llc(trace: Any, *, nbeta: float, init_loss: float, loss: str = "loss") -> LL
         ess = diagnostics.effective_sample_size(kept)
         mcse = diagnostics.monte_carlo_standard_error(kept)
         rhat = diagnostics.split_rhat(kept) if kept.shape[0] > 1 else float("nan")
+        if np.isfinite(rhat) and rhat > RHAT_WARNING:
+            warnings.warn(
+                f"split R-hat {rhat:.3f} > {RHAT_WARNING}: the loss trace is not stationary "
+                "(its halves disagree), so the LLC estimate still depends on the run length; "
+                "run longer (more draws or burn-in) and check that the estimate settles",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if mean < 0:
             warnings.warn(
                 f"negative LLC estimate {mean:.4g}: the chains found lower loss than w*, so w* "

@@ -380,10 +380,15 @@ def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> S
 
         p &\leftarrow p - \xi p\,\epsilon - \epsilon\nabla U(w) + \sqrt{2A\epsilon}\,\eta\\
         w &\leftarrow w + \epsilon p\\
-        \xi &\leftarrow \xi + \epsilon\,(p^\top p / d - 1)
+        \xi &\leftarrow \xi + \epsilon\,\big(p^\top p / d - 2/(2 - \epsilon\xi)\big)
 
     :math:`p_0 = 0`, :math:`\xi_0 = A` (``diffusion``). The thermostat is applied at every step
-    (devinterp's ``sgnht`` never applies it). The stationary law of :math:`w` is
+    (devinterp's ``sgnht`` never applies it). Its target :math:`2/(2-\epsilon\xi)` instead of
+    Ding et al.'s 1 is a discretization correction (ours): with :math:`v = \epsilon p` the update
+    is SGHMC with friction :math:`\alpha = \epsilon\xi`, whose stationary :math:`p^2` at unit
+    temperature is :math:`2/(2-\alpha)` (:func:`slt_jax.truth.sghmc_stationary_variance`); a
+    target of 1 settles at :math:`\epsilon\xi = 1-\sqrt{1-2\epsilon A}` and cools the
+    positions by :math:`\epsilon A/(\epsilon\xi)` (5% at :math:`\epsilon A = 0.1`). The stationary law of :math:`w` is
     :math:`\propto e^{-U}`; its step size is on the scale of :math:`\sqrt{\epsilon_{SGLD}}`.
     """
     _check_common(step_size, nbeta, localization)
@@ -412,8 +417,10 @@ def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> S
         )
         momentum = apply_mask(momentum, mask_floats)
         dimension = tree_size(params, mask_floats)
+        # unit temperature of the discrete dynamics: E[p^2] = 2 / (2 - friction per step)
+        target = 2.0 / (2.0 - jnp.clip(step_size * thermostat, 0.0, 1.0))
         thermostat = thermostat + step_size * (
-            tree_sum_of_squares(momentum) / jnp.maximum(dimension, 1) - 1.0
+            tree_sum_of_squares(momentum) / jnp.maximum(dimension, 1) - target
         )
         updates = jax.tree.map(lambda p: step_size * p, momentum)
         return updates, SGNHTState(state.center, momentum, thermostat.astype(state.thermostat.dtype))
