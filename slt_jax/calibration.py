@@ -365,7 +365,7 @@ def calibrate_step_size(
     friction becomes the smallest value in [0.1, 1] that keeps the bias below
     ``noise_tolerance`` (1%), and where that is not enough (or for SGLD) the step size is cut
     in proportion. Measured on the DLN suite: a 46k-parameter network was overestimated by
-    8-15% at friction 0.1 and batch 500; the calibration chose friction 0.44 and gave +0.0%.
+    8-15% at friction 0.1 and batch 500; the calibration chose friction 0.46 and gave −0.1%.
     """
     from slt_jax.samplers import SAMPLERS
     from slt_jax.sampling import sample

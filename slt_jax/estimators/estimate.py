@@ -61,7 +61,7 @@ def estimate_llc(
     overdamped dynamics relax ill-conditioned directions about
     :math:`(2-\alpha)/\alpha \approx 2/\alpha` times faster.
     On the DLN suite (``benchmarks/dln_suite.py``, 8 instances up to 10k parameters) it gives a
-    median |relative error| of 2.3% and a maximum of 10.6%, where SGLD at the same bias gives 27%
+    median |relative error| of 2.4% and a maximum of 10.6%, where SGLD at the same bias gives 27%
     (an ill-conditioned depth-4 network whose soft directions relax over ~7,000 SGLD steps;
     README, ``docs/calibration_findings.md``). If a chain diverges with a
     calibrated step size, the step size is halved and the run repeated (``max_retries`` times);
