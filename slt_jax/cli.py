@@ -43,6 +43,7 @@ def _demo(args) -> int:
     if calibration is not None:
         print("calibration: " + calibration.summary())
     relative_error = result.mean / true_lambda - 1.0
+    print(f"sampler         : {result.hyperparameters['sampler']}")
     print(f"estimated LLC   : {result.mean:.3f} ± {result.mcse:.3f} (MCSE)   R-hat {result.rhat:.3f}")
     print(f"true λ (Aoyagi) : {true_lambda:.3f}")
     print(f"relative error  : {100 * relative_error:+.1f}%")

@@ -156,7 +156,11 @@ def estimate_llc(
             changes["diffusion"] = float(chosen.hyperparameters["diffusion"]) * 2.0
         chosen = chosen.replace(**changes)
 
-    result = llc(trace, nbeta=nbeta, init_loss=init_loss)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = llc(trace, nbeta=nbeta, init_loss=init_loss)
+    for warning in caught:  # re-issued so that they point at the caller's line
+        warnings.warn(warning.message, warning.category, stacklevel=2)
     hyperparameters = {
         "sampler": chosen.name,
         **{k: float(v) for k, v in chosen.hyperparameters.items()},
