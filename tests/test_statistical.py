@@ -197,6 +197,27 @@ def test_samplers_gaussian_mean_and_variance(name, make_sampler, steps_per_draw,
         )
 
 
+def _assert_gaussian_variances(
+    loss_fn, sampler, mean, expected, *, key, num_draws, num_burnin, label, relative_allowance=0.0
+):
+    """Run 64 chains on the Gaussian problem; each coordinate's variance within 4 MCSE."""
+    trace = slt.sample(
+        loss_fn, {"w": jnp.zeros(3)}, DUMMY_DATA, sampler, key=key, num_chains=64,
+        num_draws=num_draws, num_burnin=num_burnin, observables={"w": lambda p: p["w"]},
+    )
+    draws = np.asarray(trace.observables["w"], np.float64)
+    for i in range(3):
+        centered_square = (draws[..., i] - mean[i]) ** 2
+        _assert_close(
+            centered_square.mean(),
+            diagnostics.monte_carlo_standard_error(centered_square),
+            expected[i],
+            relative_allowance,
+            label=f"{label} var[{i}]",
+        )
+    return draws
+
+
 @pytest.mark.parametrize("friction", [0.1, 1.0])
 def test_sghmc_gaussian_variance_matches_its_closed_form(friction):
     """At ηP up to 1.5 the discretization inflates the variance by up to 70%; the sampler must
@@ -206,19 +227,10 @@ def test_sghmc_gaussian_variance_matches_its_closed_form(friction):
     learning_rate = 1.5 / precision.max()
     expected, _ = truth.sghmc_stationary_variance(precision, learning_rate, friction)
     sampler = slt.samplers.sghmc(learning_rate, nbeta, localization, friction=friction)
-    trace = slt.sample(
-        loss_fn, {"w": jnp.zeros(3)}, DUMMY_DATA, sampler, key=jax.random.key(5),
-        num_chains=64, num_draws=2000, num_burnin=500, observables={"w": lambda p: p["w"]},
+    draws = _assert_gaussian_variances(
+        loss_fn, sampler, mean, expected, key=jax.random.key(5), num_draws=2000, num_burnin=500,
+        label=f"sghmc(friction={friction})",
     )
-    draws = np.asarray(trace.observables["w"], np.float64)
-    for i in range(3):
-        centered_square = (draws[..., i] - mean[i]) ** 2
-        _assert_close(
-            centered_square.mean(),
-            diagnostics.monte_carlo_standard_error(centered_square),
-            expected[i],
-            label=f"sghmc(friction={friction}) var[{i}]",
-        )
     # and the bias is resolved: the exact posterior variance 1/P is far outside the tolerance
     assert abs(draws[..., 2].var() * precision[2] - 1) > 0.3
 
@@ -226,27 +238,17 @@ def test_sghmc_gaussian_variance_matches_its_closed_form(friction):
 def test_sgnht_thermostat_keeps_unit_temperature_at_large_friction_per_step():
     """SGNHT with friction per step εA = 0.3: the thermostat must settle where the positions
     have SGHMC's unit-temperature variance (η = ε², α = 0.3). With Ding et al.'s target
-    p²/d → 1 it settles at εξ = 1 - √0.4 and the variance is 18% low."""
+    p²/d → 1 it settles at a larger εξ and the variance is 11% low (measured)."""
     loss_fn, nbeta, localization, mean, _ = _gaussian_problem()
     precision = nbeta * np.array([1.0, 2.0, 4.0]) + localization
     step_size, friction = 0.01, 0.3
     expected, _ = truth.sghmc_stationary_variance(precision, step_size**2, friction)
     sampler = slt.samplers.sgnht(step_size, nbeta, localization, diffusion=friction / step_size)
-    trace = slt.sample(
-        loss_fn, {"w": jnp.zeros(3)}, DUMMY_DATA, sampler, key=jax.random.key(6),
-        num_chains=64, num_draws=4000, num_burnin=2000, observables={"w": lambda p: p["w"]},
+    # allowance: the thermostat's own fluctuations (d = 3) perturb the law slightly
+    _assert_gaussian_variances(
+        loss_fn, sampler, mean, expected, key=jax.random.key(6), num_draws=4000, num_burnin=2000,
+        label="sgnht", relative_allowance=0.03,
     )
-    draws = np.asarray(trace.observables["w"], np.float64)
-    for i in range(3):
-        centered_square = (draws[..., i] - mean[i]) ** 2
-        # allowance: the thermostat's own fluctuations (d = 3) perturb the law slightly
-        _assert_close(
-            centered_square.mean(),
-            diagnostics.monte_carlo_standard_error(centered_square),
-            expected[i],
-            relative_allowance=0.03,
-            label=f"sgnht var[{i}]",
-        )
 
 
 @pytest.mark.parametrize(
