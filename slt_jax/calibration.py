@@ -342,6 +342,7 @@ def calibrate_step_size(
     batch_size: int | None = None,
     num_iterations: int = 30,
     max_examples: int = 4096,
+    init_loss: float | None = None,
 ) -> Calibration:
     r"""Choose a step size from the curvature :math:`\lambda_{max}(n\beta H + \gamma I)`.
 
@@ -358,8 +359,9 @@ def calibrate_step_size(
     ``Calibration.rounds``.
 
     Where the last pilot chains end, it also measures the per-example gradient variance
-    (on ``noise_examples`` examples) and the pilots' LLC (less the pilots' own predicted
-    heating), and bounds the relative LLC bias that minibatch gradient noise adds
+    (on ``noise_examples`` examples); the last pilot's loss over its second half gives the
+    pilots' LLC (``init_loss`` is :math:`L_n(w^*)`, computed if not given), less the pilots' own
+    predicted heating. It bounds the relative LLC bias that minibatch gradient noise adds
     (:func:`gradient_noise_heating`; reported in ``Calibration.gradient_noise_bias``). SGHMC is
     2/α times more sensitive to it than SGLD: with ``friction=None`` (the default) SGHMC's
     friction becomes the smallest value in [0.1, 1] that keeps the bias below
@@ -368,7 +370,7 @@ def calibrate_step_size(
     8-15% at friction 0.1 and batch 500; the calibration chose friction 0.46 and gave −0.1%.
     """
     from slt_jax.samplers import SAMPLERS
-    from slt_jax.sampling import sample
+    from slt_jax.sampling import evaluate_loss, sample
 
     check_params(params)
     subset_key, vector_key, pilot_key = jax.random.split(key, 3)
@@ -412,11 +414,13 @@ def calibrate_step_size(
         round_index += 1
         pilot_key, round_key = jax.random.split(pilot_key)
         used_step = step_size
+        # the second half of each pilot is recorded (its loss trace gives the pilots' LLC)
+        pilot_draws = max(1, pilot_steps // 2)
         trace = sample(
             loss_fn, params, data,
             factory(step_size, nbeta, localization, **options_for(step_size)), key=round_key,
-            num_chains=num_chains, num_draws=1, num_burnin=pilot_steps - 1,
-            batch_size=batch_size, observables={"params": lambda p: p},
+            num_chains=num_chains, num_draws=pilot_draws, num_burnin=pilot_steps - pilot_draws,
+            batch_size=batch_size,
         )
         if bool(trace.diverged.any()):
             # a diverged pilot does not count as a measurement: halve until one survives
@@ -432,7 +436,8 @@ def calibrate_step_size(
             continue
         measured_rounds += 1
         pilot_step = used_step
-        endpoints = jax.tree.map(lambda x: x[:, 0], trace.observables["params"])
+        pilot_losses = trace.loss
+        endpoints = trace.final_params
         pilot_eigenvalues = _top_eigenvalues_at(
             loss_fn, endpoints, subset, vector_key, num_iterations, chunk_size
         )
@@ -450,9 +455,11 @@ def calibrate_step_size(
 
     pilot_llc = noise_bias = None
     if endpoints is not None and batch_size is not None:
-        measured_llc, variance = _pilot_llc_and_gradient_variance(
-            loss_fn, params, endpoints, subset, nbeta, noise_examples,
-            jax.random.fold_in(subset_key, 1),
+        if init_loss is None:
+            init_loss = float(evaluate_loss(loss_fn, params, data))
+        measured_llc = nbeta * (float(jnp.mean(pilot_losses)) - float(init_loss))
+        variance = _mean_gradient_variance(
+            loss_fn, endpoints, _subsample(subset, jax.random.fold_in(subset_key, 1), noise_examples)
         )
 
         def heating_at(step):
@@ -483,6 +490,7 @@ def calibrate_step_size(
             )
             pilot_llc = 0.1 * measured_llc
         heating = heating_at(step_size) if pilot_llc is not None else None
+        step_before_noise = step_size
         if heating is not None:
             bias = heating / pilot_llc
             if sampler_name == "sghmc" and friction is None:
@@ -503,6 +511,15 @@ def calibrate_step_size(
                     dict(round=len(rounds), where="step cut (grad. noise)", step_size=step_size)
                 )
             noise_bias = bias
+            if step_size < 0.5 * step_before_noise:
+                warnings.warn(
+                    f"minibatch gradient noise at batch_size={batch_size} forced the step size "
+                    f"down {step_before_noise / step_size:.3g}x (to keep the predicted LLC bias "
+                    f"at {noise_tolerance:.0%}); the chains mix that much slower, and a larger "
+                    "batch_size would be cheaper",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     return Calibration(
         step_size=step_size,
         sampler=sampler_name,
@@ -519,21 +536,8 @@ def calibrate_step_size(
     )
 
 
-def _pilot_llc_and_gradient_variance(
-    loss_fn, params, endpoints, subset, nbeta, noise_examples, key
-):
-    """The pilots' LLC ``nβ (L(end) - L(w*))`` and ``tr V`` averaged over the pilot chains."""
-    from slt_jax.sampling import evaluate_loss
-
-    num_chains = jax.tree.leaves(endpoints)[0].shape[0]
-    noise_subset = _subsample(subset, key, noise_examples)
-    chunk = min(32, num_examples(noise_subset))
-    reference = float(evaluate_loss(loss_fn, params, subset))
-    llcs, variances = [], []
-    for chain in range(num_chains):
-        point = jax.tree.map(lambda x: x[chain], endpoints)
-        llcs.append(nbeta * (float(evaluate_loss(loss_fn, point, subset)) - reference))
-        variances.append(
-            float(_gradient_variance_sum(point, noise_subset, loss_fn=loss_fn, chunk_size=chunk))
-        )
-    return float(sum(llcs) / num_chains), float(sum(variances) / num_chains)
+def _mean_gradient_variance(loss_fn, chain_params, data):
+    """``tr V`` (:func:`_gradient_variance_sum`) averaged over a batch of chain positions."""
+    chunk = min(32, num_examples(data))
+    variance = functools.partial(_gradient_variance_sum, loss_fn=loss_fn, chunk_size=chunk)
+    return float(jnp.mean(jax.lax.map(lambda p: variance(p, data), chain_params)))

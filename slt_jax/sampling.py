@@ -37,12 +37,15 @@ class Trace(NamedTuple):
         step (burn-in included).
       first_nonfinite_step: ``(num_chains,)`` int, the first step (counting burn-in) with a
         non-finite loss, ``-1`` if none.
+      final_params: the chains' parameters after the last step (the params pytree with a
+        leading ``num_chains`` axis), e.g. to inspect where the chains went.
     """
 
     loss: jax.Array
     observables: dict
     diverged: jax.Array
     first_nonfinite_step: jax.Array
+    final_params: Any = None
 
     @property
     def num_chains(self) -> int:
@@ -386,6 +389,7 @@ def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config
         },
         diverged=first_nonfinite >= 0,
         first_nonfinite_step=first_nonfinite,
+        final_params=state[0],
     )
     return _constrain(trace, config, config.chain_axis)
 

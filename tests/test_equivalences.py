@@ -454,3 +454,23 @@ def test_observable_returning_a_pytree_records_every_leaf():
     shape = (NUM_CHAINS, RUN["num_draws"])
     assert trace.observables["params"]["w"].shape == shape + (INPUT_DIMENSION,)
     assert trace.observables["params"]["b"].shape == shape
+
+
+def test_final_params_are_where_the_chains_stopped():
+    """One more draw with the same key records, as its last observed params, the params the
+    shorter run ended at (observables are evaluated before each draw's step)."""
+    data = make_data()
+    params = least_squares_params(data)
+    sampler = slt.samplers.sgld(step_size=1e-3, nbeta=20.0, localization=1.0)
+    arguments = dict(
+        key=jax.random.key(8), num_chains=NUM_CHAINS, num_burnin=5, batch_size=16,
+        observables={"params": lambda p: p},
+    )
+    short = slt.sample(loss_fn, params, data, sampler, num_draws=10, **arguments)
+    longer = slt.sample(loss_fn, params, data, sampler, num_draws=11, **arguments)
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(
+            np.asarray(short.final_params[name]),
+            np.asarray(longer.observables["params"][name][:, -1]),
+        )
+        assert short.final_params[name].shape[0] == NUM_CHAINS

@@ -1,6 +1,8 @@
 """Minibatch gradient noise: the measured per-example gradient variance and the LLC bias it
 causes (``slt_jax.calibration.gradient_noise_bias``), checked against a linear-Gaussian model."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,27 +132,31 @@ def test_calibrated_friction_keeps_the_minibatch_bias_at_one_percent():
 def test_calibration_cuts_the_step_when_noise_dominates():
     loss_fn, params, data, *_ = _regression(noise=3.0)
     kwargs = dict(key=jax.random.key(2), nbeta=200.0, localization=1.0, batch_size=4)
-    with pytest.warns(RuntimeWarning, match="gradient noise dominates"):
+    with pytest.warns(RuntimeWarning, match="gradient noise .* forced the step size down"):
         sghmc = calibrate_step_size(loss_fn, params, data, sampler_name="sghmc", **kwargs)
     assert dict(sghmc.options)["friction"] == 1.0
     assert "step cut" in sghmc.table()
     assert sghmc.gradient_noise_bias == pytest.approx(0.01, rel=1e-6)
     # SGLD gets the step cut too; an explicit SGHMC friction is respected
-    with pytest.warns(RuntimeWarning, match="gradient noise dominates"):
+    with pytest.warns(RuntimeWarning, match="gradient noise .* forced the step size down"):
         sgld = calibrate_step_size(loss_fn, params, data, sampler_name="sgld", **kwargs)
     assert "step cut" in sgld.table()
-    with pytest.warns(RuntimeWarning, match="gradient noise dominates"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         fixed = calibrate_step_size(
             loss_fn, params, data, sampler_name="sghmc", friction=0.2, **kwargs
         )
     assert dict(fixed.options)["friction"] == 0.2
+    assert "step cut" in fixed.table()
 
 
 def test_no_noise_adjustment_for_a_quiet_problem():
+    # away from w* the per-example gradients differ even without label noise (residuals of
+    # size ~ sqrt(d/nβ)): at batch 400 that alone is ~1% at friction 0.1, at batch 2000 ~0.2%
     loss_fn, params, data, *_ = _regression(noise=0.05)
     quiet = calibrate_step_size(
         loss_fn, params, data, key=jax.random.key(2), nbeta=200.0, localization=1.0,
-        sampler_name="sghmc", batch_size=400,
+        sampler_name="sghmc", batch_size=2000,
     )
     assert dict(quiet.options)["friction"] == DEFAULT_FRICTION
     assert quiet.gradient_noise_bias < 0.01

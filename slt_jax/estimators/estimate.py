@@ -116,6 +116,7 @@ def estimate_llc(
                 safety_factor=safety_factor,
                 num_chains=num_chains,
                 batch_size=batch_size,
+                init_loss=init_loss,
             )
             step_size = calibration.step_size
             options = {k: v for k, v in calibration.options}
