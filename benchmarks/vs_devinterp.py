@@ -202,6 +202,22 @@ def _nbeta(n: int) -> float:
     return n / math.log(n)
 
 
+def _run_settings(settings, n, num_draws, batch_size, eval_chunk_size):
+    """The run configuration every task shares (both sides read it)."""
+    return {
+        "num_chains": settings.chains,
+        "num_draws": num_draws,
+        "num_burnin": 0,
+        "batch_size": batch_size,
+        "step_size": settings.step_size,
+        "nbeta": _nbeta(n),
+        "localization": 1.0,
+        "eval_chunk_size": eval_chunk_size,
+        "devinterp_init_loss_batches": n // batch_size,
+        "loss_tolerance": 1e-4,
+    }
+
+
 def make_dln_task(data_dir: pathlib.Path, settings: argparse.Namespace) -> dict:
     """DLN 10-10-10 at a rank-3 teacher, x ~ U[-10, 10], n = 10,000."""
     widths, rank, n = (10, 10, 10), 3, 10_000
@@ -231,18 +247,9 @@ def make_dln_task(data_dir: pathlib.Path, settings: argparse.Namespace) -> dict:
         "true_llc": float(slt.truth.deep_linear_network(widths, rank)),
         "n": n,
         "num_parameters": widths[0] * widths[1] + widths[1] * widths[2],
-        "num_chains": settings.chains,
-        "num_draws": settings.dln_steps,
-        "num_burnin": 0,
-        "batch_size": 256,
-        "step_size": settings.step_size,
-        "nbeta": _nbeta(n),
-        "localization": 1.0,
-        "eval_chunk_size": 4096,
-        "devinterp_init_loss_batches": n // 256,
         "check_examples": check,
         "reference_loss": reference,
-        "loss_tolerance": 1e-4,
+        **_run_settings(settings, n, settings.dln_steps, batch_size=256, eval_chunk_size=4096),
     }
 
 
@@ -274,18 +281,9 @@ def make_mlp_task(data_dir: pathlib.Path, settings: argparse.Namespace) -> dict:
         "num_layers": len(widths) - 1,
         "n": n,
         "num_parameters": slt.models.count_parameters(teacher),
-        "num_chains": settings.chains,
-        "num_draws": settings.mlp_steps,
-        "num_burnin": 0,
-        "batch_size": 256,
-        "step_size": settings.step_size,
-        "nbeta": _nbeta(n),
-        "localization": 1.0,
-        "eval_chunk_size": 4096,
-        "devinterp_init_loss_batches": n // 256,
         "check_examples": check,
         "reference_loss": reference,
-        "loss_tolerance": 1e-4,
+        **_run_settings(settings, n, settings.mlp_steps, batch_size=256, eval_chunk_size=4096),
     }
 
 
@@ -332,18 +330,9 @@ def make_transformer_task(data_dir: pathlib.Path, settings: argparse.Namespace) 
         "data_path": str(path),
         "n": n,
         "num_parameters": slt.models.count_parameters(params),
-        "num_chains": settings.chains,
-        "num_draws": settings.transformer_steps,
-        "num_burnin": 0,
-        "batch_size": batch,
-        "step_size": settings.step_size,
-        "nbeta": _nbeta(n),
-        "localization": 1.0,
-        "eval_chunk_size": 128,
-        "devinterp_init_loss_batches": n // batch,
         "check_examples": check,
         "reference_loss": reference,
-        "loss_tolerance": 1e-4,
+        **_run_settings(settings, n, settings.transformer_steps, batch_size=batch, eval_chunk_size=128),
     }
 
 
