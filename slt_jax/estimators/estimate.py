@@ -119,7 +119,7 @@ def estimate_llc(
                 init_loss=init_loss,
             )
             step_size = calibration.step_size
-            options = {k: v for k, v in calibration.options}
+            options = dict(calibration.options)
         chosen = SAMPLERS[name](step_size, nbeta, localization, **options)
 
     retries = 0
