@@ -90,3 +90,20 @@ def test_enable_compilation_cache_sets_the_directory(tmp_path):
         assert (tmp_path / "xla").is_dir()
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_estimate_llc_passes_sampler_options_to_calibration_and_sampler():
+    loss_fn, params, data = _linear_regression()
+    kwargs = dict(key=jax.random.key(3), num_draws=200, batch_size=128)
+    chosen = slt.estimate_llc(loss_fn, params, data, sampler_options={"friction": 0.3}, **kwargs)
+    assert chosen.hyperparameters["sampler"] == "sghmc"
+    assert chosen.hyperparameters["friction"] == 0.3
+    calibration = chosen.hyperparameters["calibration"]
+    assert dict(calibration.options)["friction"] == 0.3
+    # the step-size rule used that friction: eta = kappa (2 - a) / (2 c)
+    expected = step_size_for("sghmc", calibration.max_curvature, friction=0.3)
+    assert chosen.hyperparameters["step_size"] <= expected * (1 + 1e-6)
+    decay = slt.estimate_llc(
+        loss_fn, params, data, sampler="rmsprop_sgld", sampler_options={"decay": 0.999}, **kwargs
+    )
+    assert decay.hyperparameters["decay"] == 0.999

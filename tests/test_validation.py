@@ -395,3 +395,17 @@ def test_llc_warns_when_the_trace_is_still_drifting():
     with pytest.warns(RuntimeWarning, match=r"split R-hat .* not stationary"):
         drifting_result = slt.llc(drifting, nbeta=10.0, init_loss=0.0)
     assert drifting_result.rhat > 1.05
+
+
+def test_estimate_llc_rejects_unknown_sampler_options():
+    params, data = make_problem()
+    with raises_before_compilation(ValueError, r"sampler_options \['momentum'\] are not options"):
+        slt.estimate_llc(
+            loss_fn, params, data, key=jax.random.key(0), sampler="sghmc",
+            sampler_options={"momentum": 0.9},
+        )
+    with raises_before_compilation(TypeError, r"nbeta/step_size/sampler_options either"):
+        slt.estimate_llc(
+            loss_fn, params, data, key=jax.random.key(0),
+            sampler=slt.samplers.sghmc(1e-4, 10.0), sampler_options={"friction": 0.3},
+        )

@@ -30,6 +30,7 @@ def estimate_llc(
     nbeta: float | None = None,
     localization: float = 1.0,
     step_size: float | None = None,
+    sampler_options: dict | None = None,
     num_chains: int = 4,
     num_draws: int = 4000,
     num_burnin: int | None = None,
@@ -72,6 +73,9 @@ def estimate_llc(
         ``"adam_sgld"``, ``"sgnht"``), or a ready sampler from :mod:`slt_jax.samplers` (then its
         own hyperparameters are used and nothing is calibrated).
       nbeta, localization, step_size: override the defaults / calibration.
+      sampler_options: other keyword arguments of the named sampler, e.g.
+        ``{"friction": 0.3}`` for SGHMC (the calibration then uses that friction instead of
+        choosing one) or ``{"decay": 0.999}`` for RMSProp-SGLD.
       batch_size: ``"auto"`` for ``min(n, 500)``, ``None`` for full batch, or an int.
       init_loss: :math:`L_n(w^*)`; computed on the full data in chunks if not given.
       mesh, chain_axis, data_axis: shard chains / minibatches over devices (see
@@ -89,9 +93,10 @@ def estimate_llc(
 
     calibration = None
     if isinstance(sampler, Sampler):
-        if nbeta is not None or step_size is not None:
+        if nbeta is not None or step_size is not None or sampler_options:
             raise TypeError(
-                "pass nbeta/step_size either to the sampler or to estimate_llc, not both"
+                "pass nbeta/step_size/sampler_options either to the sampler or to estimate_llc, "
+                "not both"
             )
         chosen = sampler
         nbeta = float(sampler.hyperparameters["nbeta"])
@@ -103,7 +108,8 @@ def estimate_llc(
                 "sampler object from slt_jax.samplers"
             )
         nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
-        options = {}
+        user_options = _check_sampler_options(name, sampler_options)
+        options = dict(user_options)
         if step_size is None:
             calibration = calibrate_step_size(
                 loss_fn,
@@ -117,9 +123,10 @@ def estimate_llc(
                 num_chains=num_chains,
                 batch_size=batch_size,
                 init_loss=init_loss,
+                **{k: user_options[k] for k in ("friction", "stability") if k in user_options},
             )
             step_size = calibration.step_size
-            options = dict(calibration.options)
+            options = {**dict(calibration.options), **user_options}
         chosen = SAMPLERS[name](step_size, nbeta, localization, **options)
 
     retries = 0
@@ -176,3 +183,22 @@ def estimate_llc(
         "wall_time_seconds": time.perf_counter() - start,
     }
     return result._replace(hyperparameters=hyperparameters)
+
+
+def _check_sampler_options(name: str, sampler_options: dict | None) -> dict:
+    """``sampler_options`` must be keyword arguments of the sampler's factory."""
+    import inspect
+
+    options = dict(sampler_options or {})
+    accepted = {
+        parameter.name
+        for parameter in inspect.signature(SAMPLERS[name]).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "mask"
+    }
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(
+            f"sampler_options {unknown} are not options of {name}; expected some of "
+            f"{sorted(accepted)} (step_size, nbeta and localization are estimate_llc arguments)"
+        )
+    return options
