@@ -9,15 +9,26 @@ from slt_jax import calibration, data, diagnostics, models, samplers, truth
 from slt_jax.compilation_cache import enable_compilation_cache
 from slt_jax.estimators import LLCResult, estimate_llc, llc
 from slt_jax.samplers import default_nbeta
-from slt_jax.sampling import Trace, compiled_memory, evaluate_loss, sample
+from slt_jax.sampling import (
+    ChainState,
+    SampleOptions,
+    Trace,
+    compiled_memory,
+    count_compilations,
+    evaluate_loss,
+    sample,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChainState",
     "LLCResult",
+    "SampleOptions",
     "Trace",
     "calibration",
     "compiled_memory",
+    "count_compilations",
     "data",
     "default_nbeta",
     "diagnostics",

@@ -1,29 +1,94 @@
-r"""The sampling driver: many localized SGMCMC chains in one compiled program.
+r"""The sampling driver: many localized SGMCMC chains, one compiled program.
 
-:func:`sample` builds a single ``jax.jit``-compiled program: a ``lax.scan`` over steps whose
-body is the single-chain step ``vmap``-ed over chains. Minibatch indices are drawn inside the
-scan, data is an argument of the program (never a baked-in constant), burn-in steps are run
-and discarded, and sampler hyperparameters are passed as data, so a new key, step size or
-nβ reuses the compiled program.
+:func:`sample` advances every chain with one ``jax.jit``-compiled *block program*: a
+``lax.scan`` over ``draws_per_block`` draws whose body is the single-chain step ``vmap``-ed over
+chains. Minibatch indices are drawn inside the scan; data, query sets, the sampler's state
+(which holds its hyperparameters and mask) and the accumulators' states are arguments of the
+program, never baked-in constants; the number of valid draws in a block, the thinning and
+whether a block records anything are arguments too. So burn-in, draws, the calibration's pilot
+runs and a second run with a new key, step size, mask or query set all reuse one compiled
+program (per model, chain count, batch size and stream shapes).
+
+Per draw the driver records *streams*: ``"loss"`` (the minibatch loss at the draw), every
+observable ``fn(params)``, and the per-example (per-token) losses of ``loss_fn`` on each named
+query set, evaluated in chunks. Each stream is stored in the :class:`Trace` (``store=``) and/or
+reduced by streaming accumulators (:mod:`slt_jax.accumulators`) whose state lives in the loop
+carry, so their memory does not grow with the number of draws.
+
+The host runs the blocks one after another (a Python loop over ``num_draws / draws_per_block``
+blocks, asynchronously dispatched; no host synchronisation unless a progress meter is shown).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from slt_jax.samplers._base import Sampler, mask_as_floats
+from slt_jax._checks import (
+    auto_mesh,
+    chain_keys as make_chain_keys,
+    check_accumulators,
+    check_int,
+    check_key,
+    check_loss_fn,
+    check_mesh,
+    check_observables,
+    check_params,
+    check_query_data,
+    check_store,
+    check_stream_names,
+    num_examples,
+)
+from slt_jax._chunking import losses_in_chunks, mean_loss_in_chunks
+from slt_jax._structural import StructuralKey
 
 PyTree = Any
 
-# Number of times the sampling program has been traced (a compile-once check for tests).
-TRACE_COUNT = [0]
+__all__ = [
+    "ChainState",
+    "ProgressMeter",
+    "SampleOptions",
+    "Trace",
+    "check_key",
+    "check_loss_fn",
+    "check_params",
+    "compiled_memory",
+    "count_compilations",
+    "evaluate_loss",
+    "num_examples",
+    "sample",
+]
+
+#: default number of draws per compiled block (fewer when the per-draw streams are large)
+DEFAULT_DRAWS_PER_BLOCK = 128
+#: memory budget for one block of per-draw streams when choosing ``draws_per_block``
+BLOCK_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_QUERY_CHUNK_SIZE = 1024
+
+
+class ChainState(NamedTuple):
+    """The state of every chain between steps (leading axis ``num_chains`` except ``step``).
+
+    Attributes:
+      params: the chains' parameters.
+      sampler_state: the sampler's state (its hyperparameters and mask included).
+      step: ``()`` int32, steps taken so far (burn-in included); the noise and minibatch of a
+        step come from ``fold_in(chain_key, step)``.
+      first_nonfinite_step: ``(num_chains,)`` int32, the first step with a non-finite loss,
+        ``-1`` if none.
+    """
+
+    params: PyTree
+    sampler_state: PyTree
+    step: jax.Array
+    first_nonfinite_step: jax.Array
 
 
 class Trace(NamedTuple):
@@ -32,458 +97,513 @@ class Trace(NamedTuple):
     Attributes:
       loss: ``(num_chains, num_draws)`` minibatch mean loss at each draw (the full-data mean
         loss when ``batch_size=None``), evaluated at the draw's parameters.
-      observables: ``{name: (num_chains, num_draws, *out)}`` for each requested observable.
+      observables: ``{name: (num_chains, num_draws, *out)}`` for each stored observable.
       diverged: ``(num_chains,)`` bool, True where a chain produced a non-finite loss at any
         step (burn-in included).
       first_nonfinite_step: ``(num_chains,)`` int, the first step (counting burn-in) with a
         non-finite loss, ``-1`` if none.
       final_params: the chains' parameters after the last step (the params pytree with a
         leading ``num_chains`` axis), e.g. to inspect where the chains went.
+      query_losses: ``{name: (num_chains, num_draws, q)}`` (``(..., q, T)`` for per-token
+        losses): ``loss_fn`` on each stored query set at each draw.
+      accumulators: ``{name: result}``, each accumulator's ``finalize`` of its state.
+      state: the final :class:`ChainState`.
+      hyperparameters: the sampler's numeric hyperparameters at the start of the run (read
+        from its state), e.g. ``{"step_size": ..., "nbeta": ..., "localization": ...}``.
     """
 
-    loss: jax.Array
+    loss: jax.Array | None
     observables: dict
     diverged: jax.Array
     first_nonfinite_step: jax.Array
     final_params: Any = None
+    query_losses: dict = {}
+    accumulators: dict = {}
+    state: ChainState | None = None
+    hyperparameters: dict = {}
 
     @property
     def num_chains(self) -> int:
-        return self.loss.shape[0]
+        return self.diverged.shape[0]
 
     @property
     def num_draws(self) -> int:
-        return self.loss.shape[1]
+        stored = [self.loss, *self.observables.values(), *self.query_losses.values()]
+        for array in stored:
+            if array is not None:
+                return jax.tree.leaves(array)[0].shape[1]
+        raise ValueError("this trace stores no stream, so it does not know its number of draws")
 
 
-class _Config(NamedTuple):
-    """Everything static about a sampling program (hashable: the jit cache key)."""
+class SampleOptions(NamedTuple):
+    """The run options of :func:`sample`, validated once (see :func:`sample` for each)."""
 
-    loss_fn: Callable
-    sampler_factory: Callable | None
-    sampler_static: tuple
-    sampler_transform: Any
-    observables: tuple
     num_chains: int
     num_draws: int
-    num_burnin: int
-    steps_per_draw: int
+    num_burnin: int = 0
+    steps_per_draw: int = 1
+    batch_size: int | None = None
+    draws_per_block: int | None = None
+    query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE
+    store: tuple | None = None
+    mesh: Any = None
+    chain_axis: str | None = "chains"
+    data_axis: str | None = None
+
+    def validated(self, num_samples: int) -> "SampleOptions":
+        """A copy with every count checked (``ValueError``/``TypeError`` saying what is expected)."""
+        counts = dict(
+            num_chains=check_int("num_chains", self.num_chains, 1),
+            num_draws=check_int("num_draws", self.num_draws, 1),
+            num_burnin=check_int("num_burnin", self.num_burnin, 0),
+            steps_per_draw=check_int("steps_per_draw", self.steps_per_draw, 1),
+            query_chunk_size=check_int("query_chunk_size", self.query_chunk_size, 1),
+        )
+        if self.draws_per_block is not None:
+            counts["draws_per_block"] = check_int("draws_per_block", self.draws_per_block, 1)
+        if self.batch_size is not None:
+            counts["batch_size"] = check_int("batch_size", self.batch_size, 1)
+            if counts["batch_size"] > num_samples:
+                raise ValueError(
+                    f"batch_size must be at most the number of examples n={num_samples}, got "
+                    f"{self.batch_size} (use batch_size=None for full-batch gradients)"
+                )
+        options = self._replace(**counts)
+        if options.mesh is None:
+            return options._replace(chain_axis=None, data_axis=None)
+        check_mesh(options.mesh, options.chain_axis, options.data_axis, options.num_chains,
+                   options.batch_size or num_samples)
+        return options._replace(mesh=auto_mesh(options.mesh))
+
+
+# --------------------------------------------------------------------------------------------
+# Progress meters (passed in as objects; nothing process-wide)
+# --------------------------------------------------------------------------------------------
+
+
+class ProgressMeter(Protocol):
+    """What :func:`sample` calls to report progress: ``start`` once, ``update`` after each block
+    with the number of steps it ran (``phase`` is ``"compiling"``, ``"burn-in"`` or
+    ``"sampling"``), ``close`` at the end (also after an error)."""
+
+    def start(self, total_steps: int, description: str) -> None: ...
+
+    def update(self, steps: int, phase: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TqdmProgress:
+    """A :class:`ProgressMeter` drawing a tqdm bar (``sample(progress=True)``)."""
+
+    def __init__(self, **tqdm_options):
+        self.tqdm_options = tqdm_options
+        self.bar = None
+
+    def start(self, total_steps, description):
+        from tqdm.auto import tqdm
+
+        self.description = description
+        self.bar = tqdm(total=total_steps, desc=description, unit="step", **self.tqdm_options)
+
+    def update(self, steps, phase):
+        self.bar.set_description(f"{self.description} ({phase})", refresh=False)
+        self.bar.update(steps)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _NoProgress:
+    def start(self, total_steps, description):
+        pass
+
+    def update(self, steps, phase):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_meter(progress) -> ProgressMeter:
+    if progress is True:
+        return TqdmProgress()
+    if progress is False or progress is None:
+        return _NoProgress()
+    if all(hasattr(progress, name) for name in ("start", "update", "close")):
+        return progress
+    raise TypeError(
+        f"progress must be True, False or a ProgressMeter (start/update/close), got {progress!r}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled block program
+# --------------------------------------------------------------------------------------------
+
+
+class _Program(NamedTuple):
+    """Everything static about a block program (hashable: the jit cache key)."""
+
+    loss_fn: StructuralKey
+    update: StructuralKey
+    observables: StructuralKey  # ((name, fn), ...)
+    accumulators: StructuralKey  # ((name, Accumulator), ...)
+    query_names: tuple
+    stored: tuple
+    num_chains: int
     batch_size: int | None
     num_samples: int
-    progress_every: int
+    draws_per_block: int
+    query_chunk_size: int
     mesh: Any = None
     chain_axis: str | None = None
     data_axis: str | None = None
 
 
-# --------------------------------------------------------------------------------------------
-# Input validation (runs before anything is compiled)
-# --------------------------------------------------------------------------------------------
+class _Controls(NamedTuple):
+    """Per-block values passed as data (never recompile)."""
+
+    num_valid: jax.Array  # draws of this block that run (the rest of the scan is skipped)
+    steps_per_draw: jax.Array
+    record: jax.Array  # False during burn-in: nothing is observed or accumulated
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_params(params: PyTree) -> None:
-    """Parameters must be a non-empty pytree of floating-point arrays."""
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    if not leaves:
-        raise ValueError("params must be a non-empty pytree of float arrays, got an empty pytree")
-    for path, leaf in leaves:
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"params leaf at {jax.tree_util.keystr(path)} has dtype {dtype}; expected a "
-                "floating-point array (cast integer parameters with jnp.asarray(x, jnp.float32))"
-            )
-
-
-def num_examples(data: PyTree) -> int:
-    """The common leading-axis length ``n`` of every data leaf (``ValueError`` if they differ)."""
-    leaves = jax.tree_util.tree_leaves_with_path(data)
-    if not leaves:
-        raise ValueError("data must be a pytree with at least one array leaf, got an empty pytree")
-    sizes = {}
-    for path, leaf in leaves:
-        shape = jnp.shape(leaf)
-        if len(shape) == 0:
-            raise ValueError(
-                f"data leaf at {jax.tree_util.keystr(path)} is a scalar; every data leaf needs a "
-                "leading example axis of length n"
-            )
-        sizes[jax.tree_util.keystr(path) or "<root>"] = shape[0]
-    if len(set(sizes.values())) != 1:
-        listing = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-        raise ValueError(
-            "all data leaves must share the leading (example) axis length n; got " + listing
-        )
-    return next(iter(sizes.values()))
-
-
-def _example_batch(data: PyTree, size: int) -> PyTree:
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((size,) + jnp.shape(x)[1:], jnp.result_type(x)), data
-    )
-
-
-def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: int) -> tuple:
-    """Trace ``loss_fn`` abstractly; it must return float per-example losses ``(b,)`` or ``(b, T)``."""
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable loss_fn(params, batch), got {loss_fn!r}")
-    try:
-        out = jax.eval_shape(loss_fn, params, _example_batch(data, batch_size))
-    except Exception as error:  # re-raise with what we called it with
-        raise type(error)(
-            f"loss_fn(params, batch) failed on a batch of {batch_size} examples: {error}"
-        ) from error
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise ValueError(
-            "loss_fn must return one array of per-example losses of shape (batch,) or "
-            f"(batch, tokens); got {out!r}"
-        )
-    if out.ndim not in (1, 2) or out.shape[0] != batch_size:
-        raise ValueError(
-            "loss_fn must return per-example losses of shape (batch,) or (batch, tokens); for a "
-            f"batch of {batch_size} examples it returned shape {out.shape}. Do not average over "
-            "the batch inside loss_fn."
-        )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"loss_fn must return floating-point losses, got dtype {out.dtype}")
-    return out.shape
-
-
-def _check_key(key):
-    if isinstance(key, (int, np.integer)):
-        raise TypeError(f"key must be a JAX PRNG key such as jax.random.key(0), got the int {key}")
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a JAX PRNG key such as jax.random.key(0), got {key!r}")
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(
-        f"key must be a JAX PRNG key such as jax.random.key(0), got an array of dtype {key.dtype}"
-    )
-
-
-def _chain_keys(key, num_chains):
-    key = _check_key(key)
-    if key.ndim == 0:
-        return jax.random.split(key, num_chains)
-    if key.shape != (num_chains,):
-        raise ValueError(
-            f"key must be one key or an array of num_chains={num_chains} keys, got shape {key.shape}"
-        )
-    return key
-
-
-def _check_observables(observables, params):
-    if observables is None:
-        return ()
-    if not isinstance(observables, Mapping):
-        raise TypeError("observables must be a dict {name: fn(params) -> array}")
-    items = []
-    for name, fn in observables.items():
-        if not isinstance(name, str) or not callable(fn):
-            raise TypeError(
-                f"observables must map str names to callables fn(params) -> array; got {name!r}: {fn!r}"
-            )
-        try:
-            jax.eval_shape(fn, params)
-        except Exception as error:
-            raise type(error)(f"observable {name!r} failed on params: {error}") from error
-        items.append((name, fn))
-    return tuple(items)
-
-
-def _auto_mesh(mesh):
-    """The same devices and axis names with every axis in Auto (GSPMD) mode."""
-    auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
-    if tuple(getattr(mesh, "axis_types", auto)) == auto:
-        return mesh
-    return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
-
-
-def _check_mesh(mesh, chain_axis, data_axis, num_chains, batch_size):
-    if not isinstance(mesh, jax.sharding.Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {mesh!r}")
-    for name, axis, count, what in (
-        ("chain_axis", chain_axis, num_chains, "num_chains"),
-        ("data_axis", data_axis, batch_size, "the batch size"),
-    ):
-        if axis is None:
-            continue
-        if axis not in mesh.axis_names:
-            raise ValueError(
-                f"{name}={axis!r} is not an axis of the mesh; expected one of {mesh.axis_names}"
-                " or None"
-            )
-        if count % mesh.shape[axis]:
-            raise ValueError(
-                f"{what} ({count}) must be divisible by the size of mesh axis {axis!r} "
-                f"({mesh.shape[axis]})"
-            )
-
-
-# --------------------------------------------------------------------------------------------
-# Progress (host callback every k draws, off by default)
-# --------------------------------------------------------------------------------------------
-
-_ACTIVE_PROGRESS = [None]
-
-
-def _report_progress(steps_done):
-    bar = _ACTIVE_PROGRESS[0]
-    if bar is not None and int(steps_done) > bar.n:
-        bar.update(int(steps_done) - bar.n)  # respects tqdm's mininterval
-
-
-def _blocked_scan(body, carry, length, block, report):
-    """``lax.scan(body, carry, None, length)`` with ``report(carry)`` after every ``block``
-    iterations (and at the end), without a per-iteration branch: an outer scan over blocks of
-    an inner scan. ``block <= 0`` is a plain scan. Outputs are stacked as by ``lax.scan``.
-    """
-    if block <= 0 or length == 0:
-        return jax.lax.scan(body, carry, None, length=length)
-    block = min(block, length)
-    blocks, remainder = divmod(length, block)
-
-    def block_body(carry, _):
-        carry, outputs = jax.lax.scan(body, carry, None, length=block)
-        report(carry)
-        return carry, outputs
-
-    carry, outputs = jax.lax.scan(block_body, carry, None, length=blocks)
-    outputs = jax.tree.map(lambda x: x.reshape((blocks * block,) + x.shape[2:]), outputs)
-    if remainder:
-        carry, rest = jax.lax.scan(body, carry, None, length=remainder)
-        report(carry)
-        outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outputs, rest)
-    return carry, outputs
-
-
-# --------------------------------------------------------------------------------------------
-# The compiled program
-# --------------------------------------------------------------------------------------------
-
-
-def _build_transform(config: _Config, hyperparameters, mask):
-    if config.sampler_factory is None:
-        return config.sampler_transform
-    return config.sampler_factory(**hyperparameters, **dict(config.sampler_static), mask=mask)
-
-
-def _constrain(tree, config: _Config, *axes):
+def _constrain(tree, program: _Program, *axes):
     """Pin the leading axes of every leaf to mesh axes (no-op without a mesh)."""
-    if config.mesh is None:
+    if program.mesh is None:
         return tree
-    sharding = jax.sharding.NamedSharding(config.mesh, jax.sharding.PartitionSpec(*axes))
+    sharding = jax.sharding.NamedSharding(program.mesh, jax.sharding.PartitionSpec(*axes))
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
-def _make_step(config: _Config, transform, data):
-    """One step of every chain: ``(state, chain_keys, step) -> (state, losses)``.
+def _make_step(program: _Program, data, chain_keys):
+    """One step of every chain: ``ChainState -> (ChainState, losses (num_chains,))``.
 
     The minibatch gather runs over all chains at once, producing a ``(chains, b, ...)`` batch
     that can be sharded over chains and, for data parallelism, over its example axis.
     """
+    loss_fn, update = program.loss_fn.value, program.update.value
+    value_and_grad = jax.value_and_grad(lambda params, batch: jnp.mean(loss_fn(params, batch)))
 
-    def mean_loss(params, batch):
-        return jnp.mean(config.loss_fn(params, batch))
+    def minibatch(step_keys):
+        indices = jax.vmap(
+            lambda key: jax.random.randint(key, (program.batch_size,), 0, program.num_samples)
+        )(step_keys)
+        indices = _constrain(indices, program, program.chain_axis, program.data_axis)
+        batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
+        return _constrain(batch, program, program.chain_axis, program.data_axis)
 
-    value_and_grad = jax.value_and_grad(mean_loss)
-
-    def step_keys(chain_key, step):
-        return jax.random.split(jax.random.fold_in(chain_key, step))
-
-    def draw_indices(batch_key):
-        return jax.random.randint(batch_key, (config.batch_size,), 0, config.num_samples)
-
-    def update(grads, sampler_state, params, noise_key):
-        return transform.update(grads, sampler_state, params, key=noise_key)
-
-    def step_all_chains(state, chain_keys, step):
-        params, sampler_state, first_nonfinite = state
-        keys = jax.vmap(step_keys, in_axes=(0, None))(chain_keys, step)
-        batch_keys, noise_keys = keys[:, 0], keys[:, 1]
-        if config.batch_size is None:
-            loss, grads = jax.vmap(value_and_grad, in_axes=(0, None))(params, data)
-        else:
-            indices = jax.vmap(draw_indices)(batch_keys)  # (chains, b)
-            indices = _constrain(indices, config, config.chain_axis, config.data_axis)
-            batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
-            batch = _constrain(batch, config, config.chain_axis, config.data_axis)
-            loss, grads = jax.vmap(value_and_grad)(params, batch)
-        updates, sampler_state = jax.vmap(update)(grads, sampler_state, params, noise_keys)
-        params = optax.apply_updates(params, updates)
-        first_nonfinite = jnp.where(
-            (first_nonfinite < 0) & ~jnp.isfinite(loss), step, first_nonfinite
+    def step_all_chains(state: ChainState):
+        keys = jax.vmap(lambda key: jax.random.split(jax.random.fold_in(key, state.step)))(
+            chain_keys
         )
-        state = _constrain((params, sampler_state, first_nonfinite), config, config.chain_axis)
-        return state, loss
+        if program.batch_size is None:
+            loss, grads = jax.vmap(value_and_grad, in_axes=(0, None))(state.params, data)
+        else:
+            loss, grads = jax.vmap(value_and_grad)(state.params, minibatch(keys[:, 0]))
+        updates, sampler_state = jax.vmap(
+            lambda g, s, p, k: update(g, s, p, key=k)
+        )(grads, state.sampler_state, state.params, keys[:, 1])
+        first = state.first_nonfinite_step
+        first = jnp.where((first < 0) & ~jnp.isfinite(loss), state.step, first)
+        params, sampler_state, first = _constrain(
+            (optax.apply_updates(state.params, updates), sampler_state, first), program,
+            program.chain_axis,
+        )
+        new_state = ChainState(params, sampler_state, state.step + 1, first)
+        return new_state, loss.astype(jnp.result_type(float))
 
     return step_all_chains
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _program(params, data, hyperparameters, mask, chain_keys, *, config: _Config):
-    TRACE_COUNT[0] += 1
-    transform = _build_transform(config, hyperparameters, mask)
-    chain_params = jax.tree.map(
-        lambda x: jnp.broadcast_to(x, (config.num_chains,) + jnp.shape(x)), params
-    )
-    sampler_state = jax.vmap(transform.init)(chain_params)
-    first_nonfinite = jnp.full((config.num_chains,), -1, dtype=jnp.int32)
-    state = _constrain((chain_params, sampler_state, first_nonfinite), config, config.chain_axis)
-    if config.batch_size is None and config.data_axis is not None:
-        data = _constrain(data, config, config.data_axis)
-    step_all_chains = _make_step(config, transform, data)
+def _make_observer(program: _Program, query_data):
+    """``params (chains, ...) -> {stream: (chains, ...)}`` for observables and query sets."""
+    loss_fn = program.loss_fn.value
 
-    def report(carry):
-        jax.debug.callback(_report_progress, carry[1])
+    def observe_one_chain(params):
+        streams = {name: fn(params) for name, fn in program.observables.value}
+        for name in program.query_names:
+            streams[name] = losses_in_chunks(
+                loss_fn, params, query_data[name], program.query_chunk_size
+            )
+        return streams
 
-    def burnin_body(carry, _):
-        state, step = carry
-        state, _ = step_all_chains(state, chain_keys, step)
-        return (state, step + 1), None
+    return jax.vmap(observe_one_chain)
 
-    (state, step), _ = _blocked_scan(
-        burnin_body,
-        (state, jnp.zeros((), jnp.int32)),
-        config.num_burnin,
-        config.progress_every * config.steps_per_draw,
-        report,
-    )
 
-    observe = jax.vmap(lambda p: {name: fn(p) for name, fn in config.observables})
+def _advance(step_all_chains, state: ChainState, num_steps):
+    """``num_steps`` steps (a traced count); returns the state and the first step's losses."""
 
-    def inner_body(carry, _):
-        state, step = carry
-        state, _ = step_all_chains(state, chain_keys, step)
-        return (state, step + 1), None
+    def body(index, carry):
+        state, first_loss = carry
+        state, loss = step_all_chains(state)
+        return state, jnp.where(index == 0, loss, first_loss)
 
-    def draw_body(carry, _):
-        state, step = carry
-        observed = observe(state[0])
-        # the draw's loss is the first step's (at the draw's parameters); the remaining
-        # steps_per_draw - 1 steps record nothing, so thinning costs no memory
-        state, loss = step_all_chains(state, chain_keys, step)
-        (state, step), _ = jax.lax.scan(
-            inner_body, (state, step + 1), None, length=config.steps_per_draw - 1
+    zeros = jnp.zeros(state.first_nonfinite_step.shape, jnp.result_type(float))
+    return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
+
+
+def _zeros_like_shapes(shapes):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _scan_draws(program, state, data, query_data, chain_keys, controls):
+    """The block's draws: ``(state, records {stream: (draws, chains, ...)}, weights (draws, chains))``."""
+    step_all_chains = _make_step(program, data, chain_keys)
+    observe = _make_observer(program, query_data)
+    observed_shapes = jax.eval_shape(observe, state.params)
+
+    def draw(state, index):
+        active = index < controls.num_valid
+        observed = jax.lax.cond(
+            active & controls.record, observe,
+            lambda params: _zeros_like_shapes(observed_shapes), state.params,
         )
-        return (state, step), (loss, observed)
+        state, loss = jax.lax.cond(
+            active,
+            lambda s: _advance(step_all_chains, s, controls.steps_per_draw),
+            lambda s: (s, jnp.zeros(s.first_nonfinite_step.shape, jnp.result_type(float))),
+            state,
+        )
+        healthy = active & controls.record & (state.first_nonfinite_step < 0)
+        return state, ({"loss": loss, **observed}, healthy)
 
-    (state, step), (losses, observed) = _blocked_scan(
-        draw_body, (state, step), config.num_draws, config.progress_every, report
+    return jax.lax.scan(draw, state, jnp.arange(program.draws_per_block))
+
+
+def _update_accumulators(program, accumulator_states, records, weights, record):
+    def update_all(states):
+        return {
+            name: accumulator.update(
+                states[name], {stream: records[stream] for stream in accumulator.streams}, weights
+            )
+            for name, accumulator in program.accumulators.value
+        }
+
+    return jax.lax.cond(record, update_all, lambda states: states, accumulator_states)
+
+
+@functools.partial(jax.jit, static_argnames=("program",))
+def _run_block(state, accumulator_states, data, query_data, chain_keys, controls, *, program):
+    """One block of ``draws_per_block`` draws: ``(state, accumulator states, stored streams)``."""
+    if program.batch_size is None and program.data_axis is not None:
+        data = _constrain(data, program, program.data_axis)
+    state, (records, healthy) = _scan_draws(program, state, data, query_data, chain_keys, controls)
+    # scan stacks draws first: (draws, chains, ...) -> (chains, draws, ...)
+    records = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)
+    weights = jnp.swapaxes(healthy, 0, 1).astype(jnp.result_type(float))
+    accumulator_states = _update_accumulators(
+        program, accumulator_states, records, weights, controls.record
     )
-    first_nonfinite = state[2]
-    trace = Trace(
-        loss=jnp.swapaxes(losses, 0, 1),
-        observables={
-            k: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), v) for k, v in observed.items()
-        },
-        diverged=first_nonfinite >= 0,
-        first_nonfinite_step=first_nonfinite,
-        final_params=state[0],
-    )
-    return _constrain(trace, config, config.chain_axis)
+    stored = _constrain({name: records[name] for name in program.stored}, program,
+                        program.chain_axis)
+    return state, accumulator_states, stored
 
 
-def _prepare(
-    loss_fn, params, data, sampler, *, key, num_chains, num_draws, num_burnin, steps_per_draw,
-    batch_size, observables, progress, progress_every, mesh, chain_axis, data_axis,
-):
-    """Validate everything (before any compilation) and build the program's arguments."""
+# --------------------------------------------------------------------------------------------
+# Preparing a run (validation first, then the program's arguments)
+# --------------------------------------------------------------------------------------------
+
+
+class _Prepared(NamedTuple):
+    program: _Program
+    options: SampleOptions
+    state: ChainState
+    accumulator_states: dict
+    data: PyTree
+    query_data: dict
+    chain_keys: jax.Array
+    hyperparameters: dict
+
+
+def _check_sampler(sampler):
     if not hasattr(sampler, "init") or not hasattr(sampler, "update"):
         raise TypeError(
             "sampler must be an optax GradientTransformationExtraArgs such as "
             f"slt_jax.samplers.sgld(...), got {sampler!r}"
         )
-    num_chains = _check_int("num_chains", num_chains, 1)
-    num_draws = _check_int("num_draws", num_draws, 1)
-    num_burnin = _check_int("num_burnin", num_burnin, 0)
-    steps_per_draw = _check_int("steps_per_draw", steps_per_draw, 1)
+
+
+def _stream_shapes(options, loss_fn, params, observables, query_data):
+    """Per-draw shapes ``{stream: ShapeDtypeStruct((num_chains, *event))}``."""
+    chains = options.num_chains
+    shapes = {"loss": jax.ShapeDtypeStruct((chains,), jnp.result_type(float))}
+    for name, fn in observables:
+        out = jax.eval_shape(fn, params)
+        shapes[name] = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct((chains,) + s.shape, s.dtype), out
+        )
+    for name, query in query_data.items():
+        out = jax.eval_shape(
+            lambda p, q: losses_in_chunks(loss_fn, p, q, options.query_chunk_size), params, query
+        )
+        shapes[name] = jax.ShapeDtypeStruct((chains,) + out.shape, out.dtype)
+    return shapes
+
+
+def _draws_per_block(options, stream_shapes) -> int:
+    if options.draws_per_block is not None:
+        return options.draws_per_block
+    per_draw = sum(
+        math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in jax.tree.leaves(stream_shapes)
+    )
+    return int(max(1, min(DEFAULT_DRAWS_PER_BLOCK, BLOCK_MEMORY_BUDGET // max(per_draw, 1))))
+
+
+def _initial_chain_state(sampler, params, options) -> ChainState:
+    """Every chain starts at ``params`` with the sampler's initial state (run eagerly, so the
+    sampler's hyperparameters enter the program as data)."""
+    chains = options.num_chains
+    broadcast = functools.partial(
+        jax.tree.map, lambda x: jnp.broadcast_to(x, (chains,) + jnp.shape(x))
+    )
+    return ChainState(
+        params=broadcast(params),
+        sampler_state=broadcast(sampler.init(params)),
+        step=jnp.zeros((), jnp.int32),
+        first_nonfinite_step=jnp.full((chains,), -1, jnp.int32),
+    )
+
+
+def recorded_hyperparameters(sampler_state) -> dict:
+    """The numeric hyperparameters held in a sampler state (``hyperparameters`` fields of
+    slt_jax samplers, ``hyperparams`` of ``optax.inject_hyperparams``), as floats."""
+    found = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(sampler_state):
+        for index, entry in enumerate(path[:-1]):
+            if getattr(entry, "name", None) in ("hyperparameters", "hyperparams"):
+                name = getattr(path[index + 1], "key", None)
+                if isinstance(name, str) and jnp.size(leaf) == 1:
+                    found.setdefault(name, float(np.asarray(leaf).reshape(())))
+    return found
+
+
+def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
+             query_data=None, accumulators=None) -> _Prepared:
+    """Validate everything (before any compilation) and build the program's arguments."""
+    _check_sampler(sampler)
     check_params(params)
     n = num_examples(data)
-    if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1)
-        if batch_size > n:
-            raise ValueError(
-                f"batch_size must be at most the number of examples n={n}, got {batch_size} "
-                "(use batch_size=None for full-batch gradients)"
-            )
-    check_loss_fn(loss_fn, params, data, n if batch_size is None else batch_size)
-    if mesh is None:
-        chain_axis = data_axis = None
-    else:
-        _check_mesh(mesh, chain_axis, data_axis, num_chains, batch_size or n)
-        mesh = _auto_mesh(mesh)
-    observable_items = _check_observables(observables, params)
-    chain_keys = _chain_keys(key, num_chains)
-
-    if isinstance(sampler, Sampler):
-        factory, static, transform = sampler.factory, sampler.static, None
-        dtype = jnp.result_type(*jax.tree.leaves(params))
-        hyperparameters = {
-            k: jnp.asarray(v, dtype=dtype) for k, v in sampler.hyperparameters.items()
-        }
-        mask = mask_as_floats(sampler.mask, params) if sampler.mask is not None else None
-    else:
-        factory, static, transform = None, (), sampler
-        hyperparameters, mask = {}, None
-
-    if progress_every is None:
-        # ~25 updates a run: each is a host round trip (measured ≈ 1 ms on CPU)
-        progress_every = max(1, num_draws // 25)
-    config = _Config(
-        loss_fn=loss_fn,
-        sampler_factory=factory,
-        sampler_static=static,
-        sampler_transform=transform,
-        observables=observable_items,
-        num_chains=num_chains,
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        steps_per_draw=steps_per_draw,
-        batch_size=batch_size,
-        num_samples=n,
-        progress_every=progress_every if progress else 0,
-        mesh=mesh,
-        chain_axis=chain_axis,
-        data_axis=data_axis,
+    options = options.validated(n)
+    check_loss_fn(loss_fn, params, data, n if options.batch_size is None else options.batch_size)
+    observable_items = check_observables(observables, params)
+    query_shapes = check_query_data(query_data, loss_fn, params)
+    streams = check_stream_names(observable_items, query_shapes)
+    accumulator_items = check_accumulators(accumulators, streams)
+    stored = check_store(options.store, streams)
+    keys = make_chain_keys(key, options.num_chains)
+    shapes = _stream_shapes(options, loss_fn, params, observable_items, dict(query_data or {}))
+    block = _draws_per_block(options, {name: shapes[name] for name in streams})
+    program = _Program(
+        loss_fn=StructuralKey(loss_fn), update=StructuralKey(sampler.update),
+        observables=StructuralKey(observable_items), accumulators=StructuralKey(accumulator_items),
+        query_names=tuple(name for name, _ in query_shapes), stored=stored,
+        num_chains=options.num_chains, batch_size=options.batch_size, num_samples=n,
+        draws_per_block=block, query_chunk_size=options.query_chunk_size, mesh=options.mesh,
+        chain_axis=options.chain_axis, data_axis=options.data_axis,
     )
-    arguments = (params, data, hyperparameters, mask, chain_keys)
-    return arguments, config
-
-
-def compiled_memory(loss_fn, params, data, sampler, **sample_kwargs) -> dict:
-    """Compile (without running) the program :func:`sample` would run and report its memory.
-
-    Returns XLA's ``memory_analysis`` in bytes: ``arguments`` (params, data, keys), ``output``
-    (the stored draws), ``temporary`` (chain states, gradients, activations) and ``total``.
-    Use it to check that a model fits before sampling; the temporary memory does not grow with
-    ``num_burnin`` or ``steps_per_draw`` (tests/test_memory.py).
-    """
-    sample_kwargs.setdefault("progress", False)
-    sample_kwargs.setdefault("progress_every", None)
-    for name, default in (("num_burnin", 0), ("steps_per_draw", 1), ("batch_size", None),
-                          ("observables", None), ("mesh", None), ("chain_axis", "chains"),
-                          ("data_axis", None)):
-        sample_kwargs.setdefault(name, default)
-    arguments, config = _prepare(loss_fn, params, data, sampler, **sample_kwargs)
-    analysis = _program.lower(*arguments, config=config).compile().memory_analysis()
-    result = {
-        "arguments": int(analysis.argument_size_in_bytes),
-        "output": int(analysis.output_size_in_bytes),
-        "temporary": int(analysis.temp_size_in_bytes),
+    state = _initial_chain_state(sampler, params, options)
+    accumulator_states = {
+        name: accumulator.init({stream: shapes[stream] for stream in accumulator.streams})
+        for name, accumulator in accumulator_items
     }
-    result["total"] = sum(result.values())
-    return result
+    return _Prepared(
+        program, options, state, accumulator_states, data, dict(query_data or {}), keys,
+        recorded_hyperparameters(jax.tree.map(lambda x: x[0], state.sampler_state)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Running the blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _controls(num_valid, steps_per_draw, record) -> _Controls:
+    return _Controls(
+        jnp.asarray(num_valid, jnp.int32), jnp.asarray(steps_per_draw, jnp.int32),
+        jnp.asarray(record, bool),
+    )
+
+
+def _run_phase(prepared, state, accumulator_states, count, steps_per_draw, record, meter):
+    """Run ``count`` draws (burn-in: ``record=False``) block by block; returns the new states
+    and the stored blocks ``[(stored dict, valid draws), ...]``."""
+    block, blocks = prepared.program.draws_per_block, []
+    phase = "sampling" if record else "burn-in"
+    while count > 0:
+        valid = min(block, count)
+        state, accumulator_states, stored = _run_block(
+            state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
+            _controls(valid, steps_per_draw, record), program=prepared.program,
+        )
+        if record:
+            blocks.append((stored, valid))
+        if not isinstance(meter, _NoProgress):
+            jax.block_until_ready(state.step)  # the bar shows real progress
+        meter.update(valid * steps_per_draw, phase)
+        count -= valid
+    return state, accumulator_states, blocks
+
+
+def _concatenate(blocks, sharded: bool):
+    """Stored blocks ``(chains, block, ...)`` joined along draws, the last block's padding cut.
+
+    Without a mesh the blocks are joined on the host (NumPy) and put back on the device, which
+    compiles nothing, so a run of another length reuses everything; a sharded trace is joined
+    on the devices and stays sharded.
+    """
+    if not blocks:
+        return {}
+
+    def join(*parts):
+        if sharded:
+            return jnp.concatenate([part[:, :valid] for part, (_, valid) in zip(parts, blocks)], 1)
+        host = [np.asarray(part)[:, :valid] for part, (_, valid) in zip(parts, blocks)]
+        return jax.device_put(np.concatenate(host, axis=1))
+
+    return jax.tree.map(join, *[stored for stored, _ in blocks])
+
+
+def _trace(prepared, state, accumulator_states, stored) -> Trace:
+    program = prepared.program
+    observable_names = [name for name, _ in program.observables.value]
+    return Trace(
+        loss=stored.get("loss"),
+        observables={name: stored[name] for name in observable_names if name in stored},
+        diverged=state.first_nonfinite_step >= 0,
+        first_nonfinite_step=state.first_nonfinite_step,
+        final_params=state.params,
+        query_losses={name: stored[name] for name in program.query_names if name in stored},
+        accumulators={
+            name: accumulator.finalize(accumulator_states[name])
+            for name, accumulator in program.accumulators.value
+        },
+        state=state,
+        hyperparameters=prepared.hyperparameters,
+    )
+
+
+def _run(prepared: _Prepared, meter: ProgressMeter) -> Trace:
+    options = prepared.options
+    total = options.num_burnin + options.num_draws * options.steps_per_draw
+    meter.start(total, f"sampling {options.num_chains} chains")
+    meter.update(0, "compiling")  # until the first block returns
+    try:
+        state, accumulator_states, _ = _run_phase(
+            prepared, prepared.state, prepared.accumulator_states, options.num_burnin, 1, False,
+            meter,
+        )
+        state, accumulator_states, blocks = _run_phase(
+            prepared, state, accumulator_states, options.num_draws, options.steps_per_draw, True,
+            meter,
+        )
+    finally:
+        meter.close()
+    return _trace(
+        prepared, state, accumulator_states, _concatenate(blocks, options.mesh is not None)
+    )
 
 
 def sample(
@@ -499,8 +619,13 @@ def sample(
     steps_per_draw: int = 1,
     batch_size: int | None = None,
     observables: Mapping[str, Callable[[PyTree], jax.Array]] | None = None,
-    progress: bool = False,
+    query_data: Mapping[str, PyTree] | None = None,
+    accumulators: Mapping[str, Any] | None = None,
+    store: tuple | None = None,
+    progress: bool | ProgressMeter = False,
     progress_every: int | None = None,
+    draws_per_block: int | None = None,
+    query_chunk_size: int = DEFAULT_QUERY_CHUNK_SIZE,
     mesh: jax.sharding.Mesh | None = None,
     chain_axis: str | None = "chains",
     data_axis: str | None = None,
@@ -512,27 +637,49 @@ def sample(
     :math:`L_B(w), \nabla L_B(w)` of the minibatch mean loss, and applies
     ``sampler.update(grads, state, params, key=...)``. All chains start at ``params``
     (:math:`w^*`, the localization center recorded by ``sampler.init``). After ``num_burnin``
-    discarded steps, ``num_draws`` draws are recorded ``steps_per_draw`` steps apart; at each
-    draw the minibatch loss at the draw's parameters and every observable ``fn(params)`` are
-    stored.
+    discarded steps, ``num_draws`` draws are recorded ``steps_per_draw`` steps apart.
 
-    The whole run is one ``jax.jit``-compiled program: ``lax.scan`` over steps, ``vmap`` over
-    chains, data and sampler hyperparameters passed as arguments. A new ``key`` or new
-    hyperparameter values (for samplers from :mod:`slt_jax.samplers`) reuse the compiled
-    program; a new ``loss_fn``, sampler kind, shape or count recompiles.
+    Streams recorded at each draw (at the draw's parameters): ``"loss"`` (the minibatch loss),
+    each observable ``fn(params)``, and for each query set ``loss_fn(params, query)`` on all
+    of its examples (in chunks of ``query_chunk_size``; shape ``(q,)`` or ``(q, T)`` per draw).
+
+    The chains advance in blocks of ``draws_per_block`` draws, each one call of a single
+    ``jax.jit``-compiled program (``lax.scan`` over draws, ``vmap`` over chains). Data, query
+    sets, the sampler's state (and with it its hyperparameters and mask), run lengths and keys
+    are arguments of that program, so a new key, step size, nβ, mask, query data of the same
+    shapes, ``num_draws``, ``num_burnin`` or ``steps_per_draw`` reuses it; a new ``loss_fn``
+    (compared by code and closure), sampler kind, chain count, batch size or shape recompiles.
+    Samplers are compared by their ``update`` function's code and closure, so a sampler
+    rebuilt with new hyperparameters, also inside ``optax.chain``, is the same program.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> (b,)`` or ``(b, T)`` per-example (per-token) losses.
       params: the point :math:`w^*` to localize at (pytree of float arrays).
       data: pytree of arrays sharing a leading axis of length ``n``.
       sampler: a sampler from :mod:`slt_jax.samplers` (or any optax
-        ``GradientTransformationExtraArgs`` whose ``update`` takes ``key=``).
+        ``GradientTransformationExtraArgs`` whose ``update`` takes ``key=``, e.g. a sampler
+        inside ``optax.chain``). Freeze weights with the sampler's ``mask=``, not
+        ``optax.masked`` (which moves the leaves it skips by the raw gradient).
       key: a ``jax.random.key``, or an array of ``num_chains`` keys (one per chain).
       num_chains, num_draws, num_burnin, steps_per_draw: chain counts and lengths.
       batch_size: minibatch size ``b`` (``None``: full batch).
       observables: ``{name: fn(params) -> array}`` evaluated at each draw.
-      progress: show a tqdm progress bar (a host callback every ``progress_every`` draws;
-        off by default, so the loop has no host synchronisation).
+      query_data: ``{name: data pytree}``, each with its own leading example axis; the trace
+        gets ``query_losses[name]`` of shape ``(num_chains, num_draws, q[, T])``.
+      accumulators: ``{name: Accumulator}`` (:mod:`slt_jax.accumulators`) reducing streams
+        inside the program; their finalized results are ``trace.accumulators[name]``. Their
+        memory does not grow with ``num_draws``. Draws of a chain after it diverged are
+        excluded (weight 0).
+      store: names of the streams to keep in the trace (default: all). A stream left out is
+        only seen by the accumulators, e.g. ``store=("loss",)`` with a covariance accumulator
+        on a large query set.
+      progress: ``True`` for a tqdm bar, or a :class:`ProgressMeter` object; off by default
+        (with a meter, the host waits for each block, so the bar shows real progress,
+        including a "compiling" phase).
+      progress_every: alias of ``draws_per_block`` (the progress granularity).
+      draws_per_block: draws per compiled block (default ``DEFAULT_DRAWS_PER_BLOCK``, fewer
+        when one block of the per-draw streams would exceed ``BLOCK_MEMORY_BUDGET``).
+      query_chunk_size: examples of a query set evaluated at once.
       mesh: a ``jax.sharding.Mesh`` to spread the run over devices: chains are sharded over
         the mesh axis ``chain_axis`` and, if ``data_axis`` is given, each chain's minibatch
         (or the full data) is sharded over ``data_axis`` (data-parallel gradients). The same
@@ -543,50 +690,64 @@ def sample(
     Returns:
       a :class:`Trace`. Non-finite losses are detected per chain (``trace.diverged``).
     """
-    arguments, config = _prepare(
-        loss_fn, params, data, sampler, key=key, num_chains=num_chains, num_draws=num_draws,
-        num_burnin=num_burnin, steps_per_draw=steps_per_draw, batch_size=batch_size,
-        observables=observables, progress=progress, progress_every=progress_every, mesh=mesh,
-        chain_axis=chain_axis, data_axis=data_axis,
+    options = SampleOptions(
+        num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
+        steps_per_draw=steps_per_draw, batch_size=batch_size,
+        draws_per_block=draws_per_block if draws_per_block is not None else progress_every,
+        query_chunk_size=query_chunk_size, store=store, mesh=mesh, chain_axis=chain_axis,
+        data_axis=data_axis,
     )
-    if not progress:
-        return _program(*arguments, config=config)
+    meter = _progress_meter(progress)
+    prepared = _prepare(
+        loss_fn, params, data, sampler, key=key, options=options, observables=observables,
+        query_data=query_data, accumulators=accumulators,
+    )
+    return _run(prepared, meter)
 
-    from tqdm.auto import tqdm
 
-    total = config.num_burnin + config.num_draws * config.steps_per_draw
-    with tqdm(total=total, desc=f"sampling {num_chains} chains", unit="step") as bar:
-        _ACTIVE_PROGRESS[0] = bar
-        try:
-            trace = _program(*arguments, config=config)
-            jax.block_until_ready(trace)
-        finally:
-            _ACTIVE_PROGRESS[0] = None
-        if bar.n < total:
-            bar.update(total - bar.n)
-    return trace
+def compiled_memory(loss_fn, params, data, sampler, *, key, num_chains, num_draws,
+                    observables=None, query_data=None, accumulators=None, **options) -> dict:
+    """Compile (without running) the block program :func:`sample` would run; report its memory.
+
+    Returns bytes: ``arguments`` (params, data, chain and accumulator states), ``output`` (one
+    block's stored streams and the new states), ``temporary`` (gradients, activations, one
+    block of per-draw streams), ``stored`` (the whole trace the run keeps: ``num_draws`` draws
+    of the stored streams) and ``total``. The program does not depend on ``num_draws``,
+    ``num_burnin`` or ``steps_per_draw``, so only ``stored`` grows with them; accumulators
+    keep their memory fixed (tests/test_memory.py).
+    """
+    options.pop("progress", None)
+    prepared = _prepare(
+        loss_fn, params, data, sampler, key=key,
+        options=SampleOptions(num_chains=num_chains, num_draws=num_draws, **options),
+        observables=observables, query_data=query_data, accumulators=accumulators,
+    )
+    arguments = (prepared.state, prepared.accumulator_states, prepared.data, prepared.query_data,
+                 prepared.chain_keys, _controls(1, 1, True))
+    lowered = _run_block.lower(*arguments, program=prepared.program)
+    analysis = lowered.compile().memory_analysis()
+    stored_shapes = jax.eval_shape(
+        lambda *args: _run_block(*args, program=prepared.program)[2], *arguments
+    )
+    per_block = sum(s.size * np.dtype(s.dtype).itemsize for s in jax.tree.leaves(stored_shapes))
+    result = {
+        "arguments": int(analysis.argument_size_in_bytes),
+        "output": int(analysis.output_size_in_bytes),
+        "temporary": int(analysis.temp_size_in_bytes),
+        "stored": int(per_block * num_draws // prepared.program.draws_per_block),
+    }
+    result["total"] = sum(result.values())
+    return result
 
 
 # --------------------------------------------------------------------------------------------
-# Full-data loss in chunks
+# Full-data loss in chunks; compilation counting
 # --------------------------------------------------------------------------------------------
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
 def _chunked_mean_loss(params, data, *, loss_fn, chunk_size):
-    n = jax.tree.leaves(data)[0].shape[0]
-    num_chunks = math.ceil(n / chunk_size)
-    indices = jnp.arange(num_chunks * chunk_size).reshape(num_chunks, chunk_size)
-
-    def chunk_total(chunk_indices):
-        valid = chunk_indices < n
-        batch = jax.tree.map(lambda x: jnp.take(x, jnp.minimum(chunk_indices, n - 1), axis=0), data)
-        losses = loss_fn(params, batch)
-        weights = valid.reshape((-1,) + (1,) * (losses.ndim - 1)).astype(losses.dtype)
-        return jnp.sum(losses * weights), jnp.sum(jnp.broadcast_to(weights, losses.shape))
-
-    totals, counts = jax.lax.map(chunk_total, indices)
-    return jnp.sum(totals) / jnp.sum(counts)
+    return mean_loss_in_chunks(loss_fn, params, data, chunk_size)
 
 
 def evaluate_loss(
@@ -603,7 +764,39 @@ def evaluate_loss(
     """
     check_params(params)
     n = num_examples(data)
-    chunk_size = _check_int("chunk_size", chunk_size, 1)
-    chunk_size = min(chunk_size, n)
+    chunk_size = min(check_int("chunk_size", chunk_size, 1), n)
     check_loss_fn(loss_fn, params, data, chunk_size)
     return _chunked_mean_loss(params, data, loss_fn=loss_fn, chunk_size=chunk_size)
+
+
+class CompilationCounter:
+    """Counts XLA compilations (``count``) while registered as a ``jax.monitoring`` listener."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration, **kwargs):
+        if event == self.EVENT:
+            self.count += 1
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Count the XLA compilations inside a ``with`` block (e.g. to check a sweep compiles once).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, slt_jax as slt
+      >>> f = jax.jit(lambda x: x + 1)
+      >>> with slt.count_compilations() as counter:
+      ...     _ = f(jnp.ones(3)); _ = f(jnp.zeros(3))
+      >>> counter.count
+      1
+    """
+    counter = CompilationCounter()
+    jax.monitoring.register_event_duration_secs_listener(counter)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(counter)

@@ -272,25 +272,77 @@ def test_a_new_key_or_hyperparameter_value_does_not_recompile():
     sampler = slt.samplers.sgld(step_size=1e-3, nbeta=20.0, localization=1.0)
 
     first = slt.sample(loss_fn, params, data, sampler, key=jax.random.key(0), **arguments)
-    count = sampling.TRACE_COUNT[0]
-
-    new_key = slt.sample(loss_fn, params, data, sampler, key=jax.random.key(1), **arguments)
-    replaced = sampler.replace(step_size=2e-3)
-    new_step_size = slt.sample(loss_fn, params, data, replaced, key=jax.random.key(0), **arguments)
-    fresh = slt.samplers.sgld(step_size=5e-4, nbeta=30.0, localization=0.5)
-    fresh_sampler = slt.sample(loss_fn, params, data, fresh, key=jax.random.key(0), **arguments)
     new_data = jax.tree.map(lambda a: a + 1.0, data)  # same shapes, new values
-    slt.sample(loss_fn, params, new_data, sampler, key=jax.random.key(0), **arguments)
-    assert sampling.TRACE_COUNT[0] == count
+    with slt.count_compilations() as counter:
+        new_key = slt.sample(loss_fn, params, data, sampler, key=jax.random.key(1), **arguments)
+        replaced = sampler.replace(step_size=2e-3)
+        new_step_size = slt.sample(loss_fn, params, data, replaced, key=jax.random.key(0), **arguments)
+        fresh = slt.samplers.sgld(step_size=5e-4, nbeta=30.0, localization=0.5)
+        fresh_sampler = slt.sample(loss_fn, params, data, fresh, key=jax.random.key(0), **arguments)
+        slt.sample(loss_fn, params, new_data, sampler, key=jax.random.key(0), **arguments)
+    assert counter.count == 0
 
     # ... and the reused program really used the new values.
     losses = [np.asarray(t.loss) for t in (first, new_key, new_step_size, fresh_sampler)]
     for other in losses[1:]:
         assert not np.array_equal(losses[0], other)
 
-    # A new static argument (num_draws) must recompile: the counter works.
-    slt.sample(loss_fn, params, data, sampler, key=jax.random.key(0), **{**arguments, "num_draws": 6})
-    assert sampling.TRACE_COUNT[0] == count + 1
+    # A new static argument (the number of chains) must recompile: the counter works.
+    with slt.count_compilations() as counter:
+        slt.sample(loss_fn, params, data, sampler, key=jax.random.key(0),
+                   **{**arguments, "num_chains": arguments["num_chains"] + 1})
+    assert counter.count >= 1
+
+
+def test_run_lengths_thinning_and_masks_are_data():
+    """num_draws, num_burnin, steps_per_draw and a new mask of the same shape reuse the program."""
+    data = make_data()
+    params = least_squares_params(data)
+    sampler = slt.samplers.sghmc(1e-3, 20.0, mask={"w": jnp.array([True, False, True]), "b": True})
+    slt.sample(loss_fn, params, data, sampler, key=jax.random.key(0), **RUN)
+    other_mask = {"w": jnp.array([False, True, True]), "b": False}
+    with slt.count_compilations() as counter:
+        trace = slt.sample(
+            loss_fn, params, data, sampler.factory(2e-3, 30.0, mask=other_mask),
+            key=jax.random.key(1), **{**RUN, "num_draws": 2 * RUN["num_draws"], "num_burnin": 7,
+                                      "steps_per_draw": 3},
+        )
+    assert counter.count == 0
+    frozen = np.asarray(trace.final_params["w"][:, 0])
+    np.testing.assert_array_equal(frozen, np.broadcast_to(np.asarray(params["w"][0]), frozen.shape))
+    np.testing.assert_array_equal(
+        np.asarray(trace.final_params["b"]), np.broadcast_to(np.asarray(params["b"]), (RUN["num_chains"],))
+    )
+    assert not np.allclose(np.asarray(trace.final_params["w"][:, 1]), np.asarray(params["w"][1]))
+
+
+def test_a_sampler_inside_optax_chain_keeps_its_hyperparameters_as_data():
+    """optax.chain(clip, sampler) rebuilt with a new step size compiles nothing, and the step
+    size it ran with is the new one (recorded in the trace and visible in the draws)."""
+    data = make_data()
+    params = least_squares_params(data)
+
+    def chained(step_size):
+        return optax.chain(
+            optax.clip_by_global_norm(1e6), slt.samplers.sgld(step_size, 20.0, 1.0)
+        )
+
+    first = slt.sample(loss_fn, params, data, chained(1e-3), key=jax.random.key(0), **RUN)
+    with slt.count_compilations() as counter:
+        second = slt.sample(loss_fn, params, data, chained(2e-3), key=jax.random.key(0), **RUN)
+    assert counter.count == 0
+    assert first.hyperparameters["step_size"] == pytest.approx(1e-3)
+    assert second.hyperparameters["step_size"] == pytest.approx(2e-3)
+    # with a clip that never binds, the chain equals the bare sampler bit for bit
+    bare = slt.sample(loss_fn, params, data, slt.samplers.sgld(2e-3, 20.0, 1.0),
+                      key=jax.random.key(0), **RUN)
+    np.testing.assert_array_equal(np.asarray(second.loss), np.asarray(bare.loss))
+    # a different clip threshold is a different program (it is a constant of the trace)
+    with slt.count_compilations() as counter:
+        slt.sample(loss_fn, params, data,
+                   optax.chain(optax.clip_by_global_norm(1.0), slt.samplers.sgld(2e-3, 20.0, 1.0)),
+                   key=jax.random.key(0), **RUN)
+    assert counter.count >= 1
 
 
 # ---------------------------------------------------------- 7. SGHMC with friction 1 is SGLD(2ε)

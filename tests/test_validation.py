@@ -2,7 +2,7 @@
 
 Every test checks three things: the exception type, a fragment of the message that says what
 was expected (``pytest.raises(..., match=...)``), and that the sampling program was never
-traced (``slt_jax.sampling.TRACE_COUNT`` unchanged), i.e. the error came from validation and
+traced (the sampling program's jit cache did not grow), i.e. the error came from validation and
 not from somewhere inside ``jit``.
 """
 
@@ -63,11 +63,11 @@ def call_sample(arguments):
 
 @contextlib.contextmanager
 def raises_before_compilation(exception, match):
-    """``pytest.raises`` that also asserts the sampling program was not traced."""
-    count_before = sampling.TRACE_COUNT[0]
+    """``pytest.raises`` that also asserts the sampling program was not traced or compiled."""
+    programs_before = sampling._run_block._cache_size()
     with pytest.raises(exception, match=match):
         yield
-    assert sampling.TRACE_COUNT[0] == count_before, "the error was raised after tracing"
+    assert sampling._run_block._cache_size() == programs_before, "the error came after tracing"
 
 
 def test_good_arguments_run():
@@ -302,8 +302,23 @@ def test_loss_fn_that_fails_says_how_it_was_called():
         x, y = batch
         return x @ params["w"][:1] - y  # (4, 2) @ (1,): a shape error
 
-    with raises_before_compilation(TypeError, r"loss_fn\(params, batch\) failed on a batch of 4"):
+    with raises_before_compilation(TypeError, r"raised by loss_fn\(params, batch\) on a batch of 4"):
         call_sample(good_arguments(loss_fn=failing_loss))
+
+
+def test_a_tracer_error_in_loss_fn_keeps_its_type_and_message():
+    """Re-raising as ``type(error)(message)`` turned JAX's tracer errors into an
+    ``AttributeError``; the error must keep its type and JAX's own explanation."""
+
+    def python_branch_loss(params, batch):
+        x, y = batch
+        residual = x @ params["w"] - y
+        if residual[0] > 0:  # a Python branch on a traced value
+            return residual**2
+        return -residual
+
+    with raises_before_compilation(jax.errors.TracerBoolConversionError, r"Attempted boolean"):
+        call_sample(good_arguments(loss_fn=python_branch_loss))
 
 
 # ------------------------------------------------------------------------- counts and keys
@@ -360,7 +375,7 @@ def test_observable_that_fails_names_itself():
     def bad_observable(params):
         return params["missing"]
 
-    with raises_before_compilation(KeyError, r"observable 'bad' failed on params"):
+    with raises_before_compilation(KeyError, r"raised by observable 'bad' on params"):
         call_sample(good_arguments(observables={"bad": bad_observable}))
 
 

@@ -3,7 +3,9 @@
 from slt_jax.samplers._base import (
     Preconditioner,
     Sampler,
+    SamplerFamily,
     add_localization,
+    hyperparameter_arrays,
     apply_mask,
     mask_as_floats,
     scale_by_nbeta,
@@ -11,6 +13,7 @@ from slt_jax.samplers._base import (
     validate_mask,
 )
 from slt_jax.samplers._langevin import (
+    SAMPLER_FAMILIES,
     AdamPreconditionerState,
     PreconditionedLangevinState,
     RMSPropPreconditionerState,
@@ -33,17 +36,15 @@ from slt_jax.samplers.mala import (
     mala_acceptance_probability,
 )
 
-#: every sampler factory by name (``estimate_llc(sampler="...")``, calibration, benchmarks)
-SAMPLERS = {
-    "sgld": sgld,
-    "rmsprop_sgld": rmsprop_sgld,
-    "adam_sgld": adam_sgld,
-    "sgnht": sgnht,
-    "sghmc": sghmc,
-}
+#: every sampler factory by name (``estimate_llc(sampler="...")``, benchmarks); the records
+#: in ``SAMPLER_FAMILIES`` hold what the calibration needs to know about each
+SAMPLERS = {name: family.factory for name, family in SAMPLER_FAMILIES.items()}
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_FAMILIES",
+    "SamplerFamily",
+    "hyperparameter_arrays",
     "AdamPreconditionerState",
     "PreconditionedLangevinState",
     "Preconditioner",

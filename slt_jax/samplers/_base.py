@@ -19,13 +19,19 @@ PyTree = Any
 class Sampler(optax.GradientTransformationExtraArgs):
     """An optax ``GradientTransformationExtraArgs`` that also remembers how it was built.
 
-    ``init(params)`` records the localization center ``w*``;
-    ``update(grads, state, params, *, key)`` returns updates for ``optax.apply_updates``.
+    ``init(params)`` records the localization center ``w*``, the hyperparameters (as float
+    arrays) and the mask in the state; ``update(grads, state, params, *, key)`` returns updates
+    for ``optax.apply_updates`` and reads every numeric hyperparameter from the state, never
+    from a closure. So two samplers of one kind with different step sizes have the same
+    ``update`` code and closure contents: :func:`slt_jax.sample` compiles one program for both,
+    also when the sampler sits inside ``optax.chain`` (after ``optax.clip_by_global_norm``,
+    say), and ``optax.tree_utils.tree_get(state, "step_size")`` / ``tree_set`` reach them.
 
     On top of the optax protocol a ``Sampler`` carries ``name``, ``factory``,
-    ``hyperparameters`` (numeric values: step size, nβ, γ, ...), ``static`` (non-numeric
-    options) and ``mask``. :func:`slt_jax.sample` passes ``hyperparameters`` and ``mask``
-    into its compiled program as *data*, so a new step size or nβ does not recompile.
+    ``hyperparameters`` (the numeric values it was built with), ``static`` (non-numeric
+    options) and ``mask``. Freeze weights with ``mask=`` (or ``optax.multi_transform`` with
+    ``optax.set_to_zero()``), not ``optax.masked``: ``optax.masked`` passes the raw gradient
+    through to the leaves it skips, so it moves frozen weights.
     """
 
     def __new__(cls, init, update, *, name, factory, hyperparameters, static=(), mask=None):
@@ -53,6 +59,56 @@ class Sampler(optax.GradientTransformationExtraArgs):
         statics = "".join(f", {k}={v!r}" for k, v in self.static)
         masked = ", mask=..." if self.mask is not None else ""
         return f"{self.name}({values}{statics}{masked})"
+
+
+def hyperparameter_arrays(hyperparameters: dict) -> dict:
+    """Numeric hyperparameters as arrays of JAX's default float type (float32, or float64 with
+    ``jax_enable_x64``), whatever the parameters' dtype: a step size of 1e-8 or an nβ of 1e5
+    must not be rounded to the parameters' float16 (to 0 or to inf)."""
+    dtype = jnp.result_type(float)
+    return {
+        name: value if isinstance(value, jax.core.Tracer) else jnp.asarray(value, dtype=dtype)
+        for name, value in hyperparameters.items()
+    }
+
+
+class SamplerFamily(NamedTuple):
+    """Everything the calibration and :func:`slt_jax.estimate_llc` need to know about a sampler.
+
+    Adding a sampler is one new record in :data:`slt_jax.samplers.SAMPLER_FAMILIES`.
+
+    Attributes:
+      name: the sampler's name (``estimate_llc(sampler=name)``).
+      factory: ``factory(step_size, nbeta, localization, **options) -> Sampler``.
+      step_size_rule: ``(base, options) -> step_size`` where ``base = κ / λ_max(nβH + γ)`` is
+        SGLD's step size with the target stationary-variance bias; the rule returns this
+        sampler's step size with the same bias on the stiffest direction.
+      calibrated_options: ``(step_size, options) -> dict`` of the factory's keyword options that
+        the rule assumes (e.g. SGNHT's ``diffusion = friction / step_size``).
+      calibration_defaults: defaults of the ``options`` the rules read (``friction``,
+        ``stability``).
+      gradient_noise_heating: ``(step_size, noise, options) -> float`` LLC excess from minibatch
+        gradient noise, ``noise = nβ² tr V / B`` (``None`` when no model covers the sampler).
+      rescale_step: ``(hyperparameters, factor) -> dict`` of the hyperparameter changes when the
+        step size is multiplied by ``factor`` after a divergence (SGNHT keeps its friction per
+        step).
+      tunes_friction: whether the calibration may raise ``friction`` to tame gradient noise.
+    """
+
+    name: str
+    factory: Callable[..., Sampler]
+    step_size_rule: Callable[[float, dict], float]
+    calibrated_options: Callable[[float, dict], dict]
+    calibration_defaults: dict
+    gradient_noise_heating: Callable[[float, float, dict], float] | None = None
+    rescale_step: Callable[[dict, float], dict] | None = None
+    tunes_friction: bool = False
+
+    def rescaled(self, hyperparameters: dict, factor: float) -> dict:
+        """Hyperparameter changes for a step size multiplied by ``factor``."""
+        if self.rescale_step is not None:
+            return self.rescale_step(hyperparameters, factor)
+        return {"step_size": float(hyperparameters["step_size"]) * factor}
 
 
 def _format(value):
@@ -181,11 +237,13 @@ def tree_size(tree: PyTree, mask: PyTree | None = None):
 class Preconditioner(NamedTuple):
     """A diagonal preconditioner for Langevin dynamics.
 
-    ``init(params) -> state``; ``update(grads, state) -> (drift_grads, preconditioner, state)``
-    where ``drift_grads`` replaces the loss gradient in the drift (e.g. Adam's bias-corrected
-    first moment) and ``preconditioner`` is a pytree (or scalar) :math:`P` multiplying drift and
-    noise variance.
+    ``init(params) -> state``;
+    ``update(grads, state, hyperparameters) -> (drift_grads, preconditioner, state)`` where
+    ``hyperparameters`` is the sampler's dict of hyperparameter arrays (the preconditioner reads
+    its own, e.g. ``decay`` and ``stability``), ``drift_grads`` replaces the loss gradient in the
+    drift (e.g. Adam's bias-corrected first moment) and ``preconditioner`` is a pytree (or the
+    float ``1.0``) :math:`P` multiplying drift and noise variance.
     """
 
     init: Callable[[PyTree], Any]
-    update: Callable[[PyTree, Any], tuple[PyTree, PyTree, Any]]
+    update: Callable[[PyTree, Any, dict], tuple[PyTree, PyTree, Any]]

@@ -12,6 +12,11 @@ whose potential is :math:`U(w) = n\beta L_n(w) + \tfrac{\gamma}{2}\lVert w - w^*
 ``init(params)`` records :math:`w^*`; ``update(grads, state, params, *, key)`` returns the
 updates :math:`\Delta w` for ``optax.apply_updates``. A ``mask`` (booleans per leaf or per
 element) multiplies drift and noise, so masked-out coordinates never move.
+
+Every numeric hyperparameter (step size, nβ, γ, friction, decay, ...) and the mask live in the
+sampler's *state* (``state.hyperparameters``, ``state.mask``), put there by ``init``; ``update``
+reads them from the state. The compiled sampling program therefore takes them as data: a new
+step size, or a new mask of the same shape, never recompiles, also inside ``optax.chain``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import optax
 from slt_jax.samplers._base import (
     Preconditioner,
     Sampler,
+    SamplerFamily,
+    hyperparameter_arrays,
     add_localization,
     apply_mask,
     check_positive,
@@ -56,6 +63,18 @@ def _check_common(step_size, nbeta, localization):
     check_positive("localization", localization, allow_zero=True)
 
 
+def _cast_like(tree: PyTree, reference: PyTree) -> PyTree:
+    """``tree`` with the dtypes of ``reference`` (hyperparameters are float32 even for float16
+    parameters; updates and states keep the parameters' dtype)."""
+    return jax.tree.map(lambda x, r: x.astype(jnp.result_type(r)), tree, reference)
+
+
+def _initial_state(params, hyperparameters, mask):
+    """The fields every sampler state starts with: center, hyperparameter arrays, float mask."""
+    center = jax.tree.map(jnp.asarray, params)
+    return center, hyperparameter_arrays(hyperparameters), mask_as_floats(mask, params)
+
+
 # --------------------------------------------------------------------------------------------
 # Preconditioners
 # --------------------------------------------------------------------------------------------
@@ -67,7 +86,7 @@ def identity_preconditioner() -> Preconditioner:
     def init(params):
         return ()
 
-    def update(grads, state):
+    def update(grads, state, hyperparameters):
         return grads, 1.0, state
 
     return Preconditioner(init, update)
@@ -78,7 +97,12 @@ class RMSPropPreconditionerState(NamedTuple):
     count: jax.Array
 
 
-def rmsprop_preconditioner(decay: float = 0.99, stability: float = 0.1) -> Preconditioner:
+def _bias_corrected_inverse_root(second_moment, decay, count, stability):
+    correction = 1.0 - decay ** count.astype(decay.dtype)
+    return jax.tree.map(lambda v: 1.0 / (jnp.sqrt(v / correction) + stability), second_moment)
+
+
+def rmsprop_preconditioner() -> Preconditioner:
     r"""RMSProp preconditioner (pSGLD, Li et al. 2016, arXiv 1512.07666).
 
     .. math::
@@ -89,7 +113,8 @@ def rmsprop_preconditioner(decay: float = 0.99, stability: float = 0.1) -> Preco
 
     with :math:`v_0 = 0` and Adam-style bias correction (ours: without it the first steps would
     use :math:`P \approx 1/a` regardless of the gradient scale). ``g`` is the loss gradient only:
-    neither :math:`n\beta` nor the localization force enters :math:`v`.
+    neither :math:`n\beta` nor the localization force enters :math:`v`. :math:`\alpha` and
+    :math:`a` are the hyperparameters ``decay`` and ``stability``.
     """
 
     def init(params):
@@ -97,15 +122,15 @@ def rmsprop_preconditioner(decay: float = 0.99, stability: float = 0.1) -> Preco
             second_moment=jax.tree.map(jnp.zeros_like, params), count=jnp.zeros((), jnp.int32)
         )
 
-    def update(grads, state):
+    def update(grads, state, hyperparameters):
+        decay, stability = hyperparameters["decay"], hyperparameters["stability"]
         count = state.count + 1
         second_moment = jax.tree.map(
-            lambda v, g: decay * v + (1.0 - decay) * jnp.square(g), state.second_moment, grads
+            lambda v, g: (decay * v + (1.0 - decay) * jnp.square(g)).astype(v.dtype),
+            state.second_moment,
+            grads,
         )
-        correction = 1.0 - decay ** count.astype(jnp.float32)
-        preconditioner = jax.tree.map(
-            lambda v: 1.0 / (jnp.sqrt(v / correction.astype(v.dtype)) + stability), second_moment
-        )
+        preconditioner = _bias_corrected_inverse_root(second_moment, decay, count, stability)
         return grads, preconditioner, RMSPropPreconditionerState(second_moment, count)
 
     return Preconditioner(init, update)
@@ -117,38 +142,39 @@ class AdamPreconditionerState(NamedTuple):
     count: jax.Array
 
 
-def adam_preconditioner(
-    first_decay: float = 0.9, second_decay: float = 0.999, stability: float = 0.1
-) -> Preconditioner:
+def adam_preconditioner() -> Preconditioner:
     r"""Adam preconditioner: drift :math:`\hat m_t`, :math:`P_t = 1/(\sqrt{\hat v_t} + a)`.
 
     .. math::
 
         m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
 
-    both bias corrected (:math:`m_0 = v_0 = 0`).
+    both bias corrected (:math:`m_0 = v_0 = 0`); :math:`\beta_1, \beta_2, a` are the
+    hyperparameters ``first_decay``, ``second_decay`` and ``stability``.
     """
 
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
         return AdamPreconditionerState(zeros, zeros, jnp.zeros((), jnp.int32))
 
-    def update(grads, state):
+    def update(grads, state, hyperparameters):
+        first_decay = hyperparameters["first_decay"]
+        second_decay = hyperparameters["second_decay"]
         count = state.count + 1
-        t = count.astype(jnp.float32)
         first = jax.tree.map(
-            lambda m, g: first_decay * m + (1.0 - first_decay) * g, state.first_moment, grads
+            lambda m, g: (first_decay * m + (1.0 - first_decay) * g).astype(m.dtype),
+            state.first_moment,
+            grads,
         )
         second = jax.tree.map(
-            lambda v, g: second_decay * v + (1.0 - second_decay) * jnp.square(g),
+            lambda v, g: (second_decay * v + (1.0 - second_decay) * jnp.square(g)).astype(v.dtype),
             state.second_moment,
             grads,
         )
-        first_correction = 1.0 - first_decay**t
-        second_correction = 1.0 - second_decay**t
-        drift = jax.tree.map(lambda m: m / first_correction.astype(m.dtype), first)
-        preconditioner = jax.tree.map(
-            lambda v: 1.0 / (jnp.sqrt(v / second_correction.astype(v.dtype)) + stability), second
+        first_correction = 1.0 - first_decay ** count.astype(first_decay.dtype)
+        drift = jax.tree.map(lambda m: m / first_correction, first)
+        preconditioner = _bias_corrected_inverse_root(
+            second, second_decay, count, hyperparameters["stability"]
         )
         return drift, preconditioner, AdamPreconditionerState(first, second, count)
 
@@ -162,11 +188,25 @@ def adam_preconditioner(
 
 class PreconditionedLangevinState(NamedTuple):
     center: PyTree
+    hyperparameters: dict
+    mask: PyTree | None
     preconditioner: Any
 
 
+def _langevin_updates(drift, noise, precondition, hyperparameters):
+    step_size = hyperparameters["step_size"]
+    temperature = hyperparameters.get("temperature", 1.0)
+
+    def update(d, z, p):
+        return -0.5 * step_size * p * d + jnp.sqrt(step_size * p * temperature) * z
+
+    if isinstance(precondition, float):
+        return jax.tree.map(lambda d, z: update(d, z, precondition), drift, noise)
+    return jax.tree.map(update, drift, noise, precondition)
+
+
 def preconditioned_langevin(
-    step_size, nbeta, localization, preconditioner: Preconditioner, mask=None, temperature=1.0
+    hyperparameters: dict, preconditioner: Preconditioner, mask=None
 ) -> optax.GradientTransformationExtraArgs:
     r"""Preconditioned Langevin dynamics localized at :math:`w^*`.
 
@@ -176,46 +216,43 @@ def preconditioned_langevin(
                    + \sqrt{\epsilon P T}\,\eta,\qquad \eta \sim \mathcal N(0, I),
 
     where :math:`(\tilde g, P)` come from the ``preconditioner`` (identity: :math:`\tilde g = g`,
-    :math:`P = 1`, which is SGLD). ``temperature`` :math:`T` scales the noise variance
-    (1 samples the posterior; 0 is preconditioned gradient descent). The correction term :math:`\Gamma(w)` of pSGLD is dropped,
-    as in Li et al. (2016) and devinterp.
+    :math:`P = 1`, which is SGLD). ``hyperparameters`` holds ``step_size`` :math:`\epsilon`,
+    ``nbeta``, ``localization`` :math:`\gamma`, optionally ``temperature`` :math:`T` (scales the
+    noise variance; 1 samples the posterior, 0 is preconditioned gradient descent) and the
+    preconditioner's own; ``init`` stores them in the state. The correction term
+    :math:`\Gamma(w)` of pSGLD is dropped, as in Li et al. (2016) and devinterp.
     """
 
     def init(params):
-        return PreconditionedLangevinState(
-            center=jax.tree.map(jnp.asarray, params), preconditioner=preconditioner.init(params)
-        )
+        center, values, mask_floats = _initial_state(params, hyperparameters, mask)
+        return PreconditionedLangevinState(center, values, mask_floats, preconditioner.init(params))
 
     def update(grads, state, params=None, *, key, **extra_args):
         if params is None:
             raise ValueError("Langevin samplers need params in update(grads, state, params, key=)")
-        mask_floats = mask_as_floats(mask, params)
+        values = state.hyperparameters
         drift_grads, precondition, preconditioner_state = preconditioner.update(
-            grads, state.preconditioner
+            grads, state.preconditioner, values
         )
         drift = add_localization(
-            scale_by_nbeta(drift_grads, nbeta), params, state.center, localization
+            scale_by_nbeta(drift_grads, values["nbeta"]), params, state.center,
+            values["localization"],
         )
         noise = standard_normal_like(key, params)
-        if isinstance(precondition, float):
-            updates = jax.tree.map(
-                lambda d, z: -0.5 * step_size * precondition * d
-                + jnp.sqrt(step_size * precondition * temperature) * z,
-                drift,
-                noise,
-            )
-        else:
-            updates = jax.tree.map(
-                lambda d, z, p: -0.5 * step_size * p * d
-                + jnp.sqrt(step_size * p * temperature) * z,
-                drift,
-                noise,
-                precondition,
-            )
-        updates = apply_mask(updates, mask_floats)
-        return updates, PreconditionedLangevinState(state.center, preconditioner_state)
+        updates = _langevin_updates(drift, noise, precondition, values)
+        updates = _cast_like(apply_mask(updates, state.mask), params)
+        new_state = state._replace(preconditioner=preconditioner_state)
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _langevin_sampler(name, factory, hyperparameters, preconditioner, mask) -> Sampler:
+    transform = preconditioned_langevin(hyperparameters, preconditioner, mask)
+    return Sampler(
+        transform.init, transform.update, name=name, factory=factory,
+        hyperparameters=hyperparameters, mask=mask,
+    )
 
 
 def sgld(step_size, nbeta, localization=1.0, *, temperature=1.0, mask=None) -> Sampler:
@@ -247,19 +284,10 @@ def sgld(step_size, nbeta, localization=1.0, *, temperature=1.0, mask=None) -> S
     """
     _check_common(step_size, nbeta, localization)
     check_positive("temperature", temperature, allow_zero=True)
-    transform = preconditioned_langevin(
-        step_size, nbeta, localization, identity_preconditioner(), mask, temperature
+    hyperparameters = dict(
+        step_size=step_size, nbeta=nbeta, localization=localization, temperature=temperature
     )
-    return Sampler(
-        transform.init,
-        transform.update,
-        name="sgld",
-        factory=sgld,
-        hyperparameters=dict(
-            step_size=step_size, nbeta=nbeta, localization=localization, temperature=temperature
-        ),
-        mask=mask,
-    )
+    return _langevin_sampler("sgld", sgld, hyperparameters, identity_preconditioner(), mask)
 
 
 def rmsprop_sgld(
@@ -285,22 +313,12 @@ def rmsprop_sgld(
     _check_common(step_size, nbeta, localization)
     check_unit_interval("decay", decay)
     check_positive("stability", stability)
-    transform = preconditioned_langevin(
-        step_size, nbeta, localization, rmsprop_preconditioner(decay, stability), mask
+    hyperparameters = dict(
+        step_size=step_size, nbeta=nbeta, localization=localization, decay=decay,
+        stability=stability,
     )
-    return Sampler(
-        transform.init,
-        transform.update,
-        name="rmsprop_sgld",
-        factory=rmsprop_sgld,
-        hyperparameters=dict(
-            step_size=step_size,
-            nbeta=nbeta,
-            localization=localization,
-            decay=decay,
-            stability=stability,
-        ),
-        mask=mask,
+    return _langevin_sampler(
+        "rmsprop_sgld", rmsprop_sgld, hyperparameters, rmsprop_preconditioner(), mask
     )
 
 
@@ -330,28 +348,11 @@ def adam_sgld(
     check_unit_interval("first_decay", first_decay)
     check_unit_interval("second_decay", second_decay)
     check_positive("stability", stability)
-    transform = preconditioned_langevin(
-        step_size,
-        nbeta,
-        localization,
-        adam_preconditioner(first_decay, second_decay, stability),
-        mask,
+    hyperparameters = dict(
+        step_size=step_size, nbeta=nbeta, localization=localization, first_decay=first_decay,
+        second_decay=second_decay, stability=stability,
     )
-    return Sampler(
-        transform.init,
-        transform.update,
-        name="adam_sgld",
-        factory=adam_sgld,
-        hyperparameters=dict(
-            step_size=step_size,
-            nbeta=nbeta,
-            localization=localization,
-            first_decay=first_decay,
-            second_decay=second_decay,
-            stability=stability,
-        ),
-        mask=mask,
-    )
+    return _langevin_sampler("adam_sgld", adam_sgld, hyperparameters, adam_preconditioner(), mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,15 +360,32 @@ def adam_sgld(
 # --------------------------------------------------------------------------------------------
 
 
-def _potential_gradient(grads, params, center, nbeta, localization):
-    r""":math:`\nabla U = n\beta\, g + \gamma (w - w^*)`."""
-    return add_localization(scale_by_nbeta(grads, nbeta), params, center, localization)
+def _potential_gradient(grads, params, state):
+    r""":math:`\nabla U = n\beta\, g + \gamma (w - w^*)` with the state's nβ and γ."""
+    values = state.hyperparameters
+    return add_localization(
+        scale_by_nbeta(grads, values["nbeta"]), params, state.center, values["localization"]
+    )
 
 
 class SGNHTState(NamedTuple):
     center: PyTree
+    hyperparameters: dict
+    mask: PyTree | None
     momentum: PyTree
     thermostat: jax.Array
+
+
+def _sgnht_momentum(state, force, noise):
+    values = state.hyperparameters
+    step_size, diffusion, thermostat = values["step_size"], values["diffusion"], state.thermostat
+    return jax.tree.map(
+        lambda p, f, z: p - thermostat * p * step_size - step_size * f
+        + jnp.sqrt(2.0 * diffusion * step_size) * z,
+        state.momentum,
+        force,
+        noise,
+    )
 
 
 def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> Sampler:
@@ -393,52 +411,42 @@ def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> S
     """
     _check_common(step_size, nbeta, localization)
     check_positive("diffusion", diffusion, allow_zero=True)
+    hyperparameters = dict(
+        step_size=step_size, nbeta=nbeta, localization=localization, diffusion=diffusion
+    )
 
     def init(params):
-        return SGNHTState(
-            center=jax.tree.map(jnp.asarray, params),
-            momentum=jax.tree.map(jnp.zeros_like, params),
-            thermostat=jnp.asarray(diffusion, dtype=jnp.result_type(*jax.tree.leaves(params))),
-        )
+        center, values, mask_floats = _initial_state(params, hyperparameters, mask)
+        momentum = jax.tree.map(jnp.zeros_like, params)
+        thermostat = values["diffusion"]
+        return SGNHTState(center, values, mask_floats, momentum, thermostat)
 
     def update(grads, state, params=None, *, key, **extra_args):
-        mask_floats = mask_as_floats(mask, params)
-        force = _potential_gradient(grads, params, state.center, nbeta, localization)
+        step_size = state.hyperparameters["step_size"]
+        force = _potential_gradient(grads, params, state)
         noise = standard_normal_like(key, params)
-        thermostat = state.thermostat
-        momentum = jax.tree.map(
-            lambda p, f, z: p
-            - thermostat * p * step_size
-            - step_size * f
-            + jnp.sqrt(2.0 * diffusion * step_size) * z,
-            state.momentum,
-            force,
-            noise,
-        )
-        momentum = apply_mask(momentum, mask_floats)
-        dimension = tree_size(params, mask_floats)
+        momentum = _cast_like(apply_mask(_sgnht_momentum(state, force, noise), state.mask), params)
+        dimension = tree_size(params, state.mask)
         # unit temperature of the discrete dynamics: E[p^2] = 2 / (2 - friction per step)
-        target = 2.0 / (2.0 - jnp.clip(step_size * thermostat, 0.0, 1.0))
-        thermostat = thermostat + step_size * (
+        target = 2.0 / (2.0 - jnp.clip(step_size * state.thermostat, 0.0, 1.0))
+        thermostat = state.thermostat + step_size * (
             tree_sum_of_squares(momentum) / jnp.maximum(dimension, 1) - target
         )
-        updates = jax.tree.map(lambda p: step_size * p, momentum)
-        return updates, SGNHTState(state.center, momentum, thermostat.astype(state.thermostat.dtype))
+        updates = _cast_like(jax.tree.map(lambda p: step_size * p, momentum), params)
+        new_state = state._replace(
+            momentum=momentum, thermostat=thermostat.astype(state.thermostat.dtype)
+        )
+        return updates, new_state
 
     return Sampler(
-        init,
-        update,
-        name="sgnht",
-        factory=sgnht,
-        hyperparameters=dict(
-            step_size=step_size, nbeta=nbeta, localization=localization, diffusion=diffusion
-        ),
-        mask=mask,
+        init, update, name="sgnht", factory=sgnht, hyperparameters=hyperparameters, mask=mask
     )
 
 
 class SGHMCState(NamedTuple):
     center: PyTree
+    hyperparameters: dict
+    mask: PyTree | None
     velocity: PyTree
 
 
@@ -458,37 +466,30 @@ def sghmc(step_size, nbeta, localization=1.0, *, friction=0.1, mask=None) -> Sam
     check_positive("friction", friction)
     if _concrete_float(friction) is not None and _concrete_float(friction) > 1.0:
         raise ValueError(f"friction must be in (0, 1], got {friction!r}")
+    hyperparameters = dict(
+        step_size=step_size, nbeta=nbeta, localization=localization, friction=friction
+    )
 
     def init(params):
-        return SGHMCState(
-            center=jax.tree.map(jnp.asarray, params),
-            velocity=jax.tree.map(jnp.zeros_like, params),
-        )
+        center, values, mask_floats = _initial_state(params, hyperparameters, mask)
+        return SGHMCState(center, values, mask_floats, jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None, *, key, **extra_args):
-        mask_floats = mask_as_floats(mask, params)
-        force = _potential_gradient(grads, params, state.center, nbeta, localization)
+        step_size, friction = state.hyperparameters["step_size"], state.hyperparameters["friction"]
+        force = _potential_gradient(grads, params, state)
         noise = standard_normal_like(key, params)
         velocity = jax.tree.map(
-            lambda v, f, z: (1.0 - friction) * v
-            - step_size * f
+            lambda v, f, z: (1.0 - friction) * v - step_size * f
             + jnp.sqrt(2.0 * friction * step_size) * z,
             state.velocity,
             force,
             noise,
         )
-        velocity = apply_mask(velocity, mask_floats)
-        return velocity, SGHMCState(state.center, velocity)
+        velocity = _cast_like(apply_mask(velocity, state.mask), params)
+        return velocity, state._replace(velocity=velocity)
 
     return Sampler(
-        init,
-        update,
-        name="sghmc",
-        factory=sghmc,
-        hyperparameters=dict(
-            step_size=step_size, nbeta=nbeta, localization=localization, friction=friction
-        ),
-        mask=mask,
+        init, update, name="sghmc", factory=sghmc, hyperparameters=hyperparameters, mask=mask
     )
 
 
@@ -497,3 +498,71 @@ def _concrete_float(value):
         return None
     return float(value)
 
+
+# --------------------------------------------------------------------------------------------
+# Sampler families: what the calibration and estimate_llc need to know about each sampler
+# --------------------------------------------------------------------------------------------
+# With base = κ / λ_max(nβH + γ) (SGLD's step with relative variance bias ≈ κ/4 on the
+# stiffest direction), each rule gives the step with the same bias (calibration.py docstring).
+
+
+def _sgld_heating(step_size, noise, options):
+    # SGLD: h_j = ε nβ² V_jj / (4B); the LLC excess is Σ h_j / 2
+    return step_size * noise / 8.0
+
+
+def _sghmc_heating(step_size, noise, options):
+    # SGHMC: h_j = η nβ² V_jj / (2αB)
+    return step_size * noise / (4.0 * options["friction"])
+
+
+def _sgnht_rescale(hyperparameters, factor):
+    # keep the calibrated friction per step (diffusion × step size)
+    return {
+        "step_size": float(hyperparameters["step_size"]) * factor,
+        "diffusion": float(hyperparameters["diffusion"]) / factor,
+    }
+
+
+def _no_options(step_size, options):
+    return {}
+
+
+def _stability_option(step_size, options):
+    return {"stability": options["stability"]}
+
+
+SAMPLER_FAMILIES = {
+    family.name: family
+    for family in (
+        SamplerFamily(
+            name="sgld", factory=sgld, step_size_rule=lambda base, options: base,
+            calibrated_options=_no_options, calibration_defaults={},
+            gradient_noise_heating=_sgld_heating,
+        ),
+        SamplerFamily(
+            name="rmsprop_sgld", factory=rmsprop_sgld,
+            step_size_rule=lambda base, options: base * options["stability"],
+            calibrated_options=_stability_option, calibration_defaults={"stability": 0.1},
+        ),
+        SamplerFamily(
+            name="adam_sgld", factory=adam_sgld,
+            step_size_rule=lambda base, options: base * options["stability"],
+            calibrated_options=_stability_option, calibration_defaults={"stability": 0.1},
+        ),
+        SamplerFamily(
+            name="sgnht", factory=sgnht,
+            # SGHMC with η = ε² and friction per step α = ξε (calibration.py docstring)
+            step_size_rule=lambda base, options: (base * (2.0 - options["friction"]) / 2.0) ** 0.5,
+            calibrated_options=lambda step, options: {"diffusion": options["friction"] / step},
+            calibration_defaults={"friction": 0.1}, rescale_step=_sgnht_rescale,
+        ),
+        SamplerFamily(
+            name="sghmc", factory=sghmc,
+            step_size_rule=lambda base, options: base * (2.0 - options["friction"]) / 2.0,
+            calibrated_options=lambda step, options: {"friction": options["friction"]},
+            calibration_defaults={"friction": 0.1}, gradient_noise_heating=_sghmc_heating,
+            tunes_friction=True,
+        ),
+    )
+}
