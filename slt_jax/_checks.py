@@ -218,7 +218,7 @@ def check_accumulators(accumulators, streams: tuple) -> tuple:
                 f"accumulators[{name!r}] must be an Accumulator (streams, init, update, finalize), "
                 f"e.g. slt_jax.accumulators.covariance('probe'); got {accumulator!r}"
             )
-        missing = [stream for stream in accumulator.streams if stream not in streams]
+        missing = sorted({stream for stream in accumulator.streams if stream not in streams})
         if missing:
             raise ValueError(
                 f"accumulators[{name!r}] reads stream(s) {missing}, which do not exist; the "

@@ -38,9 +38,12 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from slt_jax.sampling import check_loss_fn, check_params, num_examples
+from slt_jax._chunking import map_chunks
+from slt_jax.samplers import SAMPLER_FAMILIES, SamplerFamily
+from slt_jax.sampling import check_loss_fn, check_params, evaluate_loss, num_examples, sample
 
 PyTree = Any
 
@@ -91,28 +94,44 @@ class Calibration(NamedTuple):
         )
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "num_iterations", "chunk_size"))
-def _power_iteration(params, data, key, *, loss_fn, num_iterations, chunk_size):
-    flat, unravel = ravel_pytree(params)
-    n = jax.tree.leaves(data)[0].shape[0]
-    num_chunks = math.ceil(n / chunk_size)
-    indices = jnp.arange(num_chunks * chunk_size).reshape(num_chunks, chunk_size)
+def sampler_family(sampler_name: str) -> SamplerFamily:
+    """The :class:`~slt_jax.samplers.SamplerFamily` record of a sampler name."""
+    if sampler_name not in SAMPLER_FAMILIES:
+        raise ValueError(
+            f"no step-size rule for sampler {sampler_name!r}; expected one of "
+            f"{', '.join(SAMPLER_FAMILIES)} (or pass step_size= yourself)"
+        )
+    return SAMPLER_FAMILIES[sampler_name]
+
+
+def _flat_mean_gradient(loss_fn, unravel, data, chunk_size):
+    """``w -> ∇L(w)`` of the mean per-example loss over ``data``, in chunks."""
+    n = num_examples(data)
 
     def gradient(flat_params):
-        def chunk_gradient(chunk_indices):
-            valid = (chunk_indices < n).astype(flat.dtype)
-            batch = jax.tree.map(
-                lambda x: jnp.take(x, jnp.minimum(chunk_indices, n - 1), axis=0), data
-            )
-
+        def chunk_gradient(batch, valid):
             def weighted_sum(p):
                 losses = loss_fn(unravel(p), batch)
                 per_example = losses.reshape(losses.shape[0], -1).mean(axis=1)
-                return jnp.sum(per_example * valid)
+                return jnp.sum(jnp.where(valid, per_example, 0.0))
 
             return jax.grad(weighted_sum)(flat_params)
 
-        return jnp.sum(jax.lax.map(chunk_gradient, indices), axis=0) / n
+        return jnp.sum(map_chunks(chunk_gradient, data, chunk_size), axis=0) / n
+
+    return gradient
+
+
+def _gather(data, indices):
+    """The examples ``indices`` of ``data`` (all of it for ``None``), inside a jitted program."""
+    if indices is None:
+        return data
+    return jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
+
+
+def _power_iteration(params, data, key, *, loss_fn, num_iterations, chunk_size):
+    flat, unravel = ravel_pytree(params)
+    gradient = _flat_mean_gradient(loss_fn, unravel, data, chunk_size)
 
     def hessian_vector_product(vector):
         return jax.jvp(gradient, (flat,), (vector,))[1]
@@ -153,18 +172,14 @@ def top_hessian_eigenvalue(
     """
     check_params(params)
     subset_key, vector_key = jax.random.split(key)
-    data = _subsample(data, subset_key, max_examples)
-    chunk_size = min(chunk_size, num_examples(data))
+    indices = _subset_indices(num_examples(data), subset_key, max_examples)
+    chunk_size = min(chunk_size, num_examples(data), max_examples)
     check_loss_fn(loss_fn, params, data, chunk_size)
-    eigenvalue = _power_iteration(
-        params,
-        data,
-        vector_key,
-        loss_fn=loss_fn,
-        num_iterations=num_iterations,
-        chunk_size=chunk_size,
+    eigenvalues = _top_eigenvalues_at(
+        jax.tree.map(lambda x: jnp.asarray(x)[None], params), data, indices, vector_key,
+        loss_fn=loss_fn, num_iterations=num_iterations, chunk_size=chunk_size,
     )
-    return float(eigenvalue)
+    return float(np.asarray(eigenvalues)[0])
 
 
 def step_size_for(
@@ -177,68 +192,63 @@ def step_size_for(
 ) -> float:
     """The step size of ``sampler_name`` with SGLD's bias at ``safety_factor / max_curvature``.
 
-    See the module docstring for each rule; ``stability`` is RMSProp/Adam's :math:`a`,
-    ``friction`` is SGHMC's :math:`\\alpha` (and SGNHT's friction per step).
+    The rule is the sampler family's ``step_size_rule`` (module docstring); ``stability`` is
+    RMSProp/Adam's :math:`a`, ``friction`` is SGHMC's :math:`\\alpha` (and SGNHT's friction per
+    step).
     """
+    family = sampler_family(sampler_name)
     if max_curvature <= 0 or not math.isfinite(max_curvature):
         raise ValueError(f"max_curvature must be finite and > 0, got {max_curvature}")
     if not 0 < friction <= 1:
         raise ValueError(f"friction must be in (0, 1], got {friction}")
-    base = safety_factor / max_curvature
-    if sampler_name == "sgld":
-        return base
-    if sampler_name in ("rmsprop_sgld", "adam_sgld"):
-        return base * stability
-    if sampler_name == "sghmc":
-        return base * (2.0 - friction) / 2.0
-    if sampler_name == "sgnht":
-        return math.sqrt(base * (2.0 - friction) / 2.0)
-    raise ValueError(
-        f"no step-size rule for sampler {sampler_name!r}; expected one of sgld, rmsprop_sgld, "
-        "adam_sgld, sghmc, sgnht (or pass step_size= yourself)"
-    )
+    options = {"stability": stability, "friction": friction}
+    return family.step_size_rule(safety_factor / max_curvature, options)
 
 
 def sampler_options_for(
     sampler_name: str, step_size: float, *, stability: float = 0.1, friction: float = 0.1
 ) -> dict:
     """The non-step hyperparameters that :func:`step_size_for`'s rule assumes."""
-    if sampler_name in ("rmsprop_sgld", "adam_sgld"):
-        return {"stability": stability}
-    if sampler_name == "sghmc":
-        return {"friction": friction}
-    if sampler_name == "sgnht":
-        return {"diffusion": friction / step_size}
-    return {}
+    options = {"stability": stability, "friction": friction}
+    return sampler_family(sampler_name).calibrated_options(step_size, options)
 
 
-def _subsample(data, key, max_examples):
-    n = num_examples(data)
+def _subset_indices(n: int, key, max_examples: int) -> np.ndarray | None:
+    """Indices of ``max_examples`` distinct examples chosen at random (``None``: all ``n``).
+
+    Drawn with NumPy from the key's bits: a JAX shuffle compiles a sort per size (~1 s on CPU)."""
     if n <= max_examples:
-        return data
-    subset = jax.random.choice(key, n, (max_examples,), replace=False)
-    return jax.tree.map(lambda x: jnp.take(x, subset, axis=0), data)
+        return None
+    seed = np.asarray(jax.random.key_data(key)).ravel()
+    return np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
 
 
-def _top_eigenvalues_at(loss_fn, chain_params, data, key, num_iterations, chunk_size):
-    """λ_max(H) at each of a batch of parameter points (leading axis = chains)."""
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_iterations", "chunk_size"))
+def _top_eigenvalues_at(chain_params, data, indices, key, *, loss_fn, num_iterations, chunk_size):
+    """λ_max(H) at each of a batch of parameter points (leading axis = chains), each from its
+    own random start vector, on the examples ``indices`` of ``data``."""
+    data = _gather(data, indices)
     power = functools.partial(
         _power_iteration, loss_fn=loss_fn, num_iterations=num_iterations, chunk_size=chunk_size
     )
-    return jax.vmap(power, in_axes=(0, None, None))(chain_params, data, key)
+    keys = jax.random.split(key, jax.tree.leaves(chain_params)[0].shape[0])
+    return jax.vmap(power, in_axes=(0, None, 0))(chain_params, data, keys)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
 def _gradient_variance_sum(params, data, *, loss_fn, chunk_size):
+    """:func:`_gradient_variance` as its own program."""
+    return _gradient_variance(params, data, loss_fn=loss_fn, chunk_size=chunk_size)
+
+
+def _gradient_variance(params, data, *, loss_fn, chunk_size):
     r""":math:`\operatorname{tr} V = \sum_j \operatorname{Var}_i[\partial_j \ell_i(w)]` over ``data``.
 
     One pass over per-example gradients, shifted by the batch gradient for numerical accuracy:
     :math:`\big(\sum_i \lVert g_i - s\rVert^2 - \lVert\sum_i (g_i - s)\rVert^2/m\big)/(m-1)`.
     """
     flat, unravel = ravel_pytree(params)
-    m = jax.tree.leaves(data)[0].shape[0]
-    num_chunks = math.ceil(m / chunk_size)
-    indices = jnp.arange(num_chunks * chunk_size).reshape(num_chunks, chunk_size)
+    m = num_examples(data)
 
     def per_example_losses(p, batch):
         losses = loss_fn(unravel(p), batch)
@@ -246,14 +256,12 @@ def _gradient_variance_sum(params, data, *, loss_fn, chunk_size):
 
     shift = jax.grad(lambda p: per_example_losses(p, data).mean())(flat)
 
-    def chunk_sums(chunk_indices):
-        valid = (chunk_indices < m).astype(flat.dtype)
-        batch = jax.tree.map(lambda x: jnp.take(x, jnp.minimum(chunk_indices, m - 1), axis=0), data)
+    def chunk_sums(batch, valid):
         gradients = jax.jacrev(per_example_losses)(flat, batch) - shift[None, :]
-        gradients = gradients * valid[:, None]
+        gradients = jnp.where(valid[:, None], gradients, 0.0)
         return jnp.sum(jnp.square(gradients)), jnp.sum(gradients, axis=0)
 
-    squares, sums = jax.lax.map(chunk_sums, indices)
+    squares, sums = map_chunks(chunk_sums, data, chunk_size)
     total = jnp.sum(squares) - jnp.sum(jnp.square(jnp.sum(sums, axis=0))) / m
     return total / max(m - 1, 1)
 
@@ -279,16 +287,12 @@ def gradient_noise_heating(
     :math:`\hat\beta`). Each quadratic direction holds :math:`\tfrac12` of the LLC, so the
     excess is about :math:`\sum_j h_j / 2` (an upper bound where :math:`\gamma` dominates a
     direction). Returns ``None`` for samplers this model does not cover (the preconditioned
-    ones; SGNHT's thermostat absorbs the heat).
+    ones; SGNHT's thermostat absorbs the heat): the family's ``gradient_noise_heating``.
     """
-    if batch_size <= 0:
+    heating = sampler_family(sampler_name).gradient_noise_heating
+    if batch_size <= 0 or heating is None:
         return None
-    total = nbeta**2 * gradient_variance / batch_size
-    if sampler_name == "sgld":
-        return step_size * total / 8.0
-    if sampler_name == "sghmc":
-        return step_size * total / (4.0 * friction)
-    return None
+    return heating(step_size, nbeta**2 * gradient_variance / batch_size, {"friction": friction})
 
 
 def gradient_noise_bias(
@@ -321,6 +325,218 @@ def _friction_for_noise(coefficient, tolerance):
     return float(min(1.0, max(DEFAULT_FRICTION, required)))
 
 
+# --------------------------------------------------------------------------------------------
+# calibrate_step_size, in named steps
+# --------------------------------------------------------------------------------------------
+
+
+class _Problem(NamedTuple):
+    """What every calibration step needs: the model, the sampler family and its settings."""
+
+    loss_fn: Callable
+    params: PyTree
+    data: PyTree
+    subset: np.ndarray | None  # indices of at most max_examples examples (None: all)
+    chunk_size: int
+    family: SamplerFamily
+    nbeta: float
+    localization: float
+    safety_factor: float
+    num_chains: int
+    batch_size: int | None
+    num_iterations: int
+
+
+class _Search(NamedTuple):
+    """The state of the step-size search: the stiffest curvature seen and the chosen step."""
+
+    largest: float
+    step_size: float
+    max_curvature: float
+    options: dict  # the family's calibration options (friction, stability)
+    rounds: list
+    pilot_step: float | None = None
+    pilot_losses: Any = None
+    endpoints: Any = None
+
+
+def _step_for(problem: _Problem, largest: float, options: dict) -> tuple[float, float]:
+    curvature = problem.nbeta * max(largest, 0.0) + problem.localization
+    if curvature <= 0:
+        raise ValueError(
+            "the loss has no positive curvature at params and localization is 0: the "
+            "localized posterior is improper; pass localization > 0 or a step_size"
+        )
+    options = {**options}
+    step = step_size_for(
+        problem.family.name, curvature, safety_factor=problem.safety_factor,
+        stability=options.get("stability", 0.1), friction=options.get("friction", DEFAULT_FRICTION),
+    )
+    return step, curvature
+
+
+def _pilot_sampler(problem: _Problem, step_size: float, options: dict):
+    family = problem.family
+    return family.factory(
+        step_size, problem.nbeta, problem.localization, **family.calibrated_options(step_size, options)
+    )
+
+
+def _curvature_at_center(problem: _Problem, key) -> float:
+    """λ_max(H) at w*, from ``num_chains`` random starts (the pilots' program shape)."""
+    centers = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (problem.num_chains,) + jnp.shape(x)), problem.params
+    )
+    return _max_eigenvalue(problem, centers, key)
+
+
+def _max_eigenvalue(problem: _Problem, chain_params, key) -> float:
+    eigenvalues = _top_eigenvalues_at(
+        chain_params, problem.data, problem.subset, key, loss_fn=problem.loss_fn,
+        num_iterations=problem.num_iterations, chunk_size=problem.chunk_size,
+    )
+    return float(np.max(np.asarray(eigenvalues)))
+
+
+def _run_pilot(problem: _Problem, search: _Search, key, pilot_steps: int):
+    # the second half of each pilot is recorded (its loss trace gives the pilots' LLC)
+    pilot_draws = max(1, pilot_steps // 2)
+    return sample(
+        problem.loss_fn, problem.params, problem.data,
+        _pilot_sampler(problem, search.step_size, search.options), key=key,
+        num_chains=problem.num_chains, num_draws=pilot_draws,
+        num_burnin=pilot_steps - pilot_draws, batch_size=problem.batch_size,
+    )
+
+
+def _measure_pilot_end(problem: _Problem, search: _Search, trace, key, pilot_steps) -> tuple:
+    """Curvature where the pilot chains ended; returns (new search, whether it grew)."""
+    pilot_largest = _max_eigenvalue(problem, trace.final_params, key)
+    grown = pilot_largest > 1.25 * search.largest
+    largest = max(search.largest, pilot_largest)
+    step, curvature = (
+        _step_for(problem, largest, search.options) if grown
+        else (search.step_size, search.max_curvature)
+    )
+    search.rounds.append(dict(
+        round=len(search.rounds), where=f"{pilot_steps}-step pilot ends",
+        max_hessian_eigenvalue=pilot_largest, step_size=step,
+    ))
+    new = search._replace(
+        largest=largest, step_size=step, max_curvature=curvature, pilot_step=search.step_size,
+        pilot_losses=trace.loss, endpoints=trace.final_params,
+    )
+    return new, grown
+
+
+def _pilot_rounds(problem, search, key, pilot_steps, max_pilot_rounds, max_pilot_halvings):
+    """Pilot chains at the current step; re-measure the curvature where they end; repeat until
+    it stops growing by more than 25%. A diverged pilot halves the step (not a round)."""
+    measured_rounds = halvings = 0
+    while pilot_steps > 0 and measured_rounds < max_pilot_rounds:
+        key, round_key = jax.random.split(key)
+        trace = _run_pilot(problem, search, round_key, pilot_steps)
+        if np.any(np.asarray(trace.diverged)):
+            halvings += 1
+            if halvings > max_pilot_halvings:
+                raise RuntimeError(
+                    f"pilot chains still diverge after {max_pilot_halvings} halvings of the step "
+                    f"size (now {search.step_size:.3g}); the loss may be unbounded below near "
+                    "w*, or pass step_size= yourself"
+                )
+            search = search._replace(step_size=search.step_size / 2.0)
+            search.rounds.append(
+                dict(round=len(search.rounds), where="pilot diverged", step_size=search.step_size)
+            )
+            continue
+        measured_rounds += 1
+        search, grown = _measure_pilot_end(problem, search, trace, round_key, pilot_steps)
+        if not grown:
+            break
+    return search
+
+
+def _pilot_llc(problem, search, heating_at, init_loss) -> float | None:
+    """The pilots' LLC less their own predicted heating (``None`` when not usable)."""
+    measured = problem.nbeta * (float(np.mean(np.asarray(search.pilot_losses, np.float64))) - float(init_loss))
+    pilot_heating = heating_at(search.pilot_step, search.options) or 0.0
+    corrected = measured - pilot_heating
+    if measured <= 0:
+        warnings.warn(
+            f"the pilot chains' LLC is {measured:.3g} <= 0: w* may not be a local minimum; the "
+            "gradient-noise check is skipped",
+            RuntimeWarning, stacklevel=4,
+        )
+        return None
+    if corrected < 0.1 * measured:
+        warnings.warn(
+            f"minibatch gradient noise dominates the pilot chains' loss (pilot LLC {measured:.3g}, "
+            f"of which {pilot_heating:.3g} is predicted heating at batch_size="
+            f"{problem.batch_size}); the step size is reduced to compensate, but a larger "
+            "batch_size would be cheaper and more accurate",
+            RuntimeWarning, stacklevel=4,
+        )
+        return 0.1 * measured
+    return corrected
+
+
+def _tune_friction(problem, search, bias, heating_at, pilot_llc, tolerance):
+    """SGHMC: raise the friction (and rescale the step) until the noise bias is ≤ tolerance."""
+    friction = search.options["friction"]
+    coefficient = bias * friction / (2.0 - friction)
+    new_friction = _friction_for_noise(coefficient, tolerance)
+    if new_friction == friction:
+        return search, bias
+    step = search.step_size * (2.0 - new_friction) / (2.0 - friction)
+    options = {**search.options, "friction": new_friction}
+    search.rounds.append(dict(
+        round=len(search.rounds), where=f"friction {new_friction:.2g} (grad. noise)", step_size=step
+    ))
+    search = search._replace(step_size=step, options=options)
+    return search, heating_at(step, options) / pilot_llc
+
+
+def _gradient_noise_control(problem, search, key, tune_friction, tolerance, noise_examples,
+                            init_loss):
+    """Measure tr V where the pilots ended and keep the predicted LLC bias ≤ ``tolerance``."""
+    examples = np.arange(num_examples(problem.data)) if problem.subset is None else problem.subset
+    picked = _subset_indices(examples.size, key, noise_examples)
+    indices = examples if picked is None else examples[picked]
+    variance = float(_mean_gradient_variance(
+        search.endpoints, problem.data, indices, loss_fn=problem.loss_fn,
+        chunk_size=min(32, indices.size),
+    ))
+
+    def heating_at(step, options):
+        return gradient_noise_heating(
+            problem.family.name, step_size=step, gradient_variance=variance, nbeta=problem.nbeta,
+            batch_size=problem.batch_size, friction=options.get("friction", DEFAULT_FRICTION),
+        )
+
+    pilot_llc = _pilot_llc(problem, search, heating_at, init_loss)
+    heating = heating_at(search.step_size, search.options) if pilot_llc is not None else None
+    if heating is None:
+        return search, pilot_llc, None
+    step_before_noise, bias = search.step_size, heating / pilot_llc
+    if tune_friction:
+        search, bias = _tune_friction(problem, search, bias, heating_at, pilot_llc, tolerance)
+    if bias > tolerance:
+        search = search._replace(step_size=search.step_size * tolerance / bias)
+        search.rounds.append(dict(
+            round=len(search.rounds), where="step cut (grad. noise)", step_size=search.step_size
+        ))
+        bias = tolerance
+    if search.step_size < 0.5 * step_before_noise:
+        warnings.warn(
+            f"minibatch gradient noise at batch_size={problem.batch_size} forced the step size "
+            f"down {step_before_noise / search.step_size:.3g}x (to keep the predicted LLC bias at "
+            f"{tolerance:.0%}); the chains mix that much slower, and a larger batch_size would be "
+            "cheaper",
+            RuntimeWarning, stacklevel=3,
+        )
+    return search, pilot_llc, bias
+
+
 def calibrate_step_size(
     loss_fn: Callable,
     params: PyTree,
@@ -346,7 +562,8 @@ def calibrate_step_size(
 ) -> Calibration:
     r"""Choose a step size from the curvature :math:`\lambda_{max}(n\beta H + \gamma I)`.
 
-    Round 0 measures :math:`\lambda_{max}(H)` at :math:`w^*` (power iteration on HVPs). The
+    Round 0 measures :math:`\lambda_{max}(H)` at :math:`w^*` (power iteration on HVPs, from
+    ``num_chains`` random start vectors). The
     curvature of a singular model grows away from :math:`w^*` (e.g. a deep linear network's
     Hessian grows with its weights), so each further round runs ``num_chains`` pilot chains
     for ``pilot_steps`` steps at the current step size, measures :math:`\lambda_{max}` where
@@ -356,7 +573,8 @@ def calibrate_step_size(
     chains diverge halves the step size and is run again without counting as a round (at most
     ``max_pilot_halvings`` times), so a model that is flat at :math:`w^*` (zero Hessian) still
     gets its curvature measured where the chains go. The rounds are recorded in
-    ``Calibration.rounds``.
+    ``Calibration.rounds``. The pilots run the same compiled program as a
+    :func:`slt_jax.sample` call with the same chain count and batch size (run lengths are data).
 
     Where the last pilot chains end, it also measures the per-example gradient variance
     (on ``noise_examples`` examples); the last pilot's loss over its second half gives the
@@ -368,176 +586,50 @@ def calibrate_step_size(
     ``noise_tolerance`` (1%), and where that is not enough (or for SGLD) the step size is cut
     in proportion. Measured on the DLN suite: a 46k-parameter network was overestimated by
     8-15% at friction 0.1 and batch 500; the calibration chose friction 0.46 and gave −0.1%.
+    Everything a rule needs to know about the sampler comes from its
+    :class:`~slt_jax.samplers.SamplerFamily` record.
     """
-    from slt_jax.samplers import SAMPLERS
-    from slt_jax.sampling import evaluate_loss, sample
-
+    family = sampler_family(sampler_name)
     check_params(params)
     subset_key, vector_key, pilot_key = jax.random.split(key, 3)
-    subset = _subsample(data, subset_key, max_examples)
-    chunk_size = min(1024, num_examples(subset))
-    check_loss_fn(loss_fn, params, subset, chunk_size)
-    eigenvalue = float(
-        _power_iteration(
-            params, subset, vector_key, loss_fn=loss_fn, num_iterations=num_iterations,
-            chunk_size=chunk_size,
-        )
-    )
-
-    chosen_friction = DEFAULT_FRICTION if friction is None else float(friction)
-
-    def step_for(largest):
-        curvature = nbeta * max(largest, 0.0) + localization
-        if curvature <= 0:
-            raise ValueError(
-                "the loss has no positive curvature at params and localization is 0: the "
-                "localized posterior is improper; pass localization > 0 or a step_size"
-            )
-        rule = step_size_for(
-            sampler_name, curvature, safety_factor=safety_factor, stability=stability,
-            friction=chosen_friction,
-        )
-        return rule, curvature
-
-    def options_for(step):
-        return sampler_options_for(
-            sampler_name, step, stability=stability, friction=chosen_friction
-        )
-
-    largest = eigenvalue
-    step_size, max_curvature = step_for(largest)
-    rounds = [dict(round=0, where="w*", max_hessian_eigenvalue=eigenvalue, step_size=step_size)]
-    factory = SAMPLERS[sampler_name]
-    measured_rounds, halvings, round_index = 0, 0, 0
-    endpoints = None
-    while pilot_steps > 0 and measured_rounds < max_pilot_rounds:
-        round_index += 1
-        pilot_key, round_key = jax.random.split(pilot_key)
-        used_step = step_size
-        # the second half of each pilot is recorded (its loss trace gives the pilots' LLC)
-        pilot_draws = max(1, pilot_steps // 2)
-        trace = sample(
-            loss_fn, params, data,
-            factory(step_size, nbeta, localization, **options_for(step_size)), key=round_key,
-            num_chains=num_chains, num_draws=pilot_draws, num_burnin=pilot_steps - pilot_draws,
-            batch_size=batch_size,
-        )
-        if bool(trace.diverged.any()):
-            # a diverged pilot does not count as a measurement: halve until one survives
-            halvings += 1
-            if halvings > max_pilot_halvings:
-                raise RuntimeError(
-                    f"pilot chains still diverge after {max_pilot_halvings} halvings of the step "
-                    f"size (now {step_size:.3g}); the loss may be unbounded below near w*, or "
-                    "pass step_size= yourself"
-                )
-            step_size = step_size / 2.0
-            rounds.append(dict(round=round_index, where="pilot diverged", step_size=step_size))
-            continue
-        measured_rounds += 1
-        pilot_step = used_step
-        pilot_losses = trace.loss
-        endpoints = trace.final_params
-        pilot_eigenvalues = _top_eigenvalues_at(
-            loss_fn, endpoints, subset, vector_key, num_iterations, chunk_size
-        )
-        pilot_largest = float(jnp.max(pilot_eigenvalues))
-        grown = pilot_largest > 1.25 * largest
-        largest = max(largest, pilot_largest)
-        if grown:
-            step_size, max_curvature = step_for(largest)
-        rounds.append(
-            dict(round=round_index, where=f"{pilot_steps}-step pilot ends",
-                 max_hessian_eigenvalue=pilot_largest, step_size=step_size)
-        )
-        if not grown:
-            break
-
+    subset = _subset_indices(num_examples(data), subset_key, max_examples)
+    chunk_size = min(1024, num_examples(data), max_examples)
+    check_loss_fn(loss_fn, params, data, chunk_size)
+    problem = _Problem(loss_fn, params, data, subset, chunk_size, family, nbeta, localization,
+                       safety_factor, num_chains, batch_size, num_iterations)
+    options = {**family.calibration_defaults, "stability": stability}
+    if friction is not None:
+        options["friction"] = float(friction)
+    options.setdefault("friction", DEFAULT_FRICTION)
+    eigenvalue = _curvature_at_center(problem, vector_key)
+    step, curvature = _step_for(problem, eigenvalue, options)
+    search = _Search(eigenvalue, step, curvature, options, [
+        dict(round=0, where="w*", max_hessian_eigenvalue=eigenvalue, step_size=step)
+    ])
+    search = _pilot_rounds(problem, search, pilot_key, pilot_steps, max_pilot_rounds,
+                           max_pilot_halvings)
     pilot_llc = noise_bias = None
-    if endpoints is not None and batch_size is not None:
+    if search.endpoints is not None and batch_size is not None:
         if init_loss is None:
             init_loss = float(evaluate_loss(loss_fn, params, data))
-        measured_llc = nbeta * (float(jnp.mean(pilot_losses)) - float(init_loss))
-        variance = _mean_gradient_variance(
-            loss_fn, endpoints, _subsample(subset, jax.random.fold_in(subset_key, 1), noise_examples)
+        search, pilot_llc, noise_bias = _gradient_noise_control(
+            problem, search, jax.random.fold_in(subset_key, 1),
+            family.tunes_friction and friction is None, noise_tolerance, noise_examples, init_loss,
         )
-
-        def heating_at(step):
-            return gradient_noise_heating(
-                sampler_name, step_size=step, gradient_variance=variance, nbeta=nbeta,
-                batch_size=batch_size, friction=chosen_friction,
-            )
-
-        # the pilots ran hot by their own heating: remove it from their LLC
-        pilot_heating = heating_at(pilot_step) or 0.0
-        pilot_llc = measured_llc - pilot_heating
-        if measured_llc <= 0:
-            warnings.warn(
-                f"the pilot chains' LLC is {measured_llc:.3g} <= 0: w* may not be a local "
-                "minimum; the gradient-noise check is skipped",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            pilot_llc = None
-        elif pilot_llc < 0.1 * measured_llc:
-            warnings.warn(
-                f"minibatch gradient noise dominates the pilot chains' loss (pilot LLC "
-                f"{measured_llc:.3g}, of which {pilot_heating:.3g} is predicted heating at "
-                f"batch_size={batch_size}); the step size is reduced to compensate, but a larger "
-                "batch_size would be cheaper and more accurate",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            pilot_llc = 0.1 * measured_llc
-        heating = heating_at(step_size) if pilot_llc is not None else None
-        step_before_noise = step_size
-        if heating is not None:
-            bias = heating / pilot_llc
-            if sampler_name == "sghmc" and friction is None:
-                coefficient = bias * chosen_friction / (2.0 - chosen_friction)
-                new_friction = _friction_for_noise(coefficient, noise_tolerance)
-                if new_friction != chosen_friction:
-                    step_size *= (2.0 - new_friction) / (2.0 - chosen_friction)
-                    chosen_friction = new_friction
-                    bias = heating_at(step_size) / pilot_llc
-                    rounds.append(
-                        dict(round=len(rounds), where=f"friction {new_friction:.2g} (grad. noise)",
-                             step_size=step_size)
-                    )
-            if bias > noise_tolerance:
-                step_size *= noise_tolerance / bias
-                bias = noise_tolerance
-                rounds.append(
-                    dict(round=len(rounds), where="step cut (grad. noise)", step_size=step_size)
-                )
-            noise_bias = bias
-            if step_size < 0.5 * step_before_noise:
-                warnings.warn(
-                    f"minibatch gradient noise at batch_size={batch_size} forced the step size "
-                    f"down {step_before_noise / step_size:.3g}x (to keep the predicted LLC bias "
-                    f"at {noise_tolerance:.0%}); the chains mix that much slower, and a larger "
-                    "batch_size would be cheaper",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
     return Calibration(
-        step_size=step_size,
-        sampler=sampler_name,
-        max_hessian_eigenvalue=largest,
-        max_curvature=max_curvature,
-        stability_bound=4.0 / max_curvature,
-        safety_factor=safety_factor,
-        nbeta=nbeta,
-        localization=localization,
-        rounds=tuple(rounds),
-        options=tuple(options_for(step_size).items()),
-        pilot_llc=pilot_llc,
-        gradient_noise_bias=noise_bias,
+        step_size=search.step_size, sampler=sampler_name, max_hessian_eigenvalue=search.largest,
+        max_curvature=search.max_curvature, stability_bound=4.0 / search.max_curvature,
+        safety_factor=safety_factor, nbeta=nbeta, localization=localization,
+        rounds=tuple(search.rounds),
+        options=tuple(family.calibrated_options(search.step_size, search.options).items()),
+        pilot_llc=pilot_llc, gradient_noise_bias=noise_bias,
     )
 
 
-def _mean_gradient_variance(loss_fn, chain_params, data):
-    """``tr V`` (:func:`_gradient_variance_sum`) averaged over a batch of chain positions."""
-    chunk = min(32, num_examples(data))
-    variance = functools.partial(_gradient_variance_sum, loss_fn=loss_fn, chunk_size=chunk)
-    return float(jnp.mean(jax.lax.map(lambda p: variance(p, data), chain_params)))
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
+def _mean_gradient_variance(chain_params, data, indices, *, loss_fn, chunk_size):
+    """``tr V`` (:func:`_gradient_variance`) averaged over a batch of chain positions, on the
+    examples ``indices`` of ``data``."""
+    data = _gather(data, indices)
+    variance = functools.partial(_gradient_variance, loss_fn=loss_fn, chunk_size=chunk_size)
+    return jnp.mean(jax.lax.map(lambda p: variance(p, data), chain_params))

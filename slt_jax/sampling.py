@@ -452,18 +452,21 @@ def _draws_per_block(options, stream_shapes) -> int:
     return int(max(1, min(DEFAULT_DRAWS_PER_BLOCK, BLOCK_MEMORY_BUDGET // max(per_draw, 1))))
 
 
-def _initial_chain_state(sampler, params, options) -> ChainState:
-    """Every chain starts at ``params`` with the sampler's initial state (run eagerly, so the
-    sampler's hyperparameters enter the program as data)."""
+@functools.partial(jax.jit, static_argnames=("num_chains",))
+def _broadcast_over_chains(tree, *, num_chains):
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_chains,) + jnp.shape(x)), tree)
+
+
+def _initial_chain_state(sampler_state, params, options) -> ChainState:
+    """Every chain starts at ``params`` with the sampler's initial state (made eagerly by
+    ``sampler.init``, so the sampler's hyperparameters enter the program as data)."""
     chains = options.num_chains
-    broadcast = functools.partial(
-        jax.tree.map, lambda x: jnp.broadcast_to(x, (chains,) + jnp.shape(x))
-    )
+    params, sampler_state = _broadcast_over_chains((params, sampler_state), num_chains=chains)
     return ChainState(
-        params=broadcast(params),
-        sampler_state=broadcast(sampler.init(params)),
-        step=jnp.zeros((), jnp.int32),
-        first_nonfinite_step=jnp.full((chains,), -1, jnp.int32),
+        params=params,
+        sampler_state=sampler_state,
+        step=np.zeros((), np.int32),
+        first_nonfinite_step=np.full((chains,), -1, np.int32),
     )
 
 
@@ -504,14 +507,15 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
         draws_per_block=block, query_chunk_size=options.query_chunk_size, mesh=options.mesh,
         chain_axis=options.chain_axis, data_axis=options.data_axis,
     )
-    state = _initial_chain_state(sampler, params, options)
+    sampler_state = sampler.init(params)
+    state = _initial_chain_state(sampler_state, params, options)
     accumulator_states = {
         name: accumulator.init({stream: shapes[stream] for stream in accumulator.streams})
         for name, accumulator in accumulator_items
     }
     return _Prepared(
         program, options, state, accumulator_states, data, dict(query_data or {}), keys,
-        recorded_hyperparameters(jax.tree.map(lambda x: x[0], state.sampler_state)),
+        recorded_hyperparameters(sampler_state),
     )
 
 
@@ -572,7 +576,7 @@ def _trace(prepared, state, accumulator_states, stored) -> Trace:
     return Trace(
         loss=stored.get("loss"),
         observables={name: stored[name] for name in observable_names if name in stored},
-        diverged=state.first_nonfinite_step >= 0,
+        diverged=jax.device_put(np.asarray(state.first_nonfinite_step) >= 0),
         first_nonfinite_step=state.first_nonfinite_step,
         final_params=state.params,
         query_losses={name: stored[name] for name in program.query_names if name in stored},

@@ -7,10 +7,11 @@ import warnings
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from slt_jax.calibration import DEFAULT_SAFETY_FACTOR, calibrate_step_size
 from slt_jax.estimators.llc import LLCResult, llc
-from slt_jax.samplers import SAMPLERS, Sampler, default_nbeta
+from slt_jax.samplers import SAMPLER_FAMILIES, Sampler, default_nbeta
 from slt_jax.sampling import evaluate_loss, num_examples, sample
 
 PyTree = Any
@@ -83,106 +84,99 @@ def estimate_llc(
     """
     start = time.perf_counter()
     n = num_examples(data)
-    if batch_size == "auto":
-        batch_size = min(n, DEFAULT_BATCH_SIZE)
-    if num_burnin is None:
-        num_burnin = num_draws // 2
+    batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size == "auto" else batch_size
+    num_burnin = num_draws // 2 if num_burnin is None else num_burnin
     calibration_key, sampling_key = jax.random.split(key)
     if init_loss is None:
         init_loss = float(evaluate_loss(loss_fn, params, data))
-
-    calibration = None
-    if isinstance(sampler, Sampler):
-        if nbeta is not None or step_size is not None or sampler_options:
-            raise TypeError(
-                "pass nbeta/step_size/sampler_options either to the sampler or to estimate_llc, "
-                "not both"
-            )
-        chosen = sampler
-        nbeta = float(sampler.hyperparameters["nbeta"])
-    else:
-        name = DEFAULT_SAMPLER if sampler is None else sampler
-        if name not in SAMPLERS:
-            raise ValueError(
-                f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)} or a "
-                "sampler object from slt_jax.samplers"
-            )
-        nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
-        user_options = _check_sampler_options(name, sampler_options)
-        options = dict(user_options)
-        if step_size is None:
-            calibration = calibrate_step_size(
-                loss_fn,
-                params,
-                data,
-                key=calibration_key,
-                nbeta=nbeta,
-                localization=localization,
-                sampler_name=name,
-                safety_factor=safety_factor,
-                num_chains=num_chains,
-                batch_size=batch_size,
-                init_loss=init_loss,
-                **{k: user_options[k] for k in ("friction", "stability") if k in user_options},
-            )
-            step_size = calibration.step_size
-            options = {**dict(calibration.options), **user_options}
-        chosen = SAMPLERS[name](step_size, nbeta, localization, **options)
-
-    retries = 0
-    while True:
-        trace = sample(
-            loss_fn,
-            params,
-            data,
-            chosen,
-            key=sampling_key,
-            num_chains=num_chains,
-            num_draws=num_draws,
-            num_burnin=num_burnin,
-            steps_per_draw=steps_per_draw,
-            batch_size=batch_size,
-            progress=progress,
-            mesh=mesh,
-            chain_axis=chain_axis,
-            data_axis=data_axis,
-        )
-        diverged = bool(trace.diverged.any())
-        if not diverged or calibration is None or retries >= max_retries:
-            break
-        retries += 1
-        new_step = float(chosen.hyperparameters["step_size"]) / 2.0
-        warnings.warn(
-            f"{int(trace.diverged.sum())} chain(s) diverged at step_size="
-            f"{float(chosen.hyperparameters['step_size']):.3g}; retrying with {new_step:.3g}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        changes = {"step_size": new_step}
-        if "diffusion" in chosen.hyperparameters:
-            # SGNHT: keep the friction per step (diffusion × step size) that was calibrated
-            changes["diffusion"] = float(chosen.hyperparameters["diffusion"]) * 2.0
-        chosen = chosen.replace(**changes)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = llc(trace, nbeta=nbeta, init_loss=init_loss)
-    for warning in caught:  # re-issued so that they point at the caller's line
-        warnings.warn(warning.message, warning.category, stacklevel=2)
+    run = dict(
+        num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
+        steps_per_draw=steps_per_draw, batch_size=batch_size, progress=progress, mesh=mesh,
+        chain_axis=chain_axis, data_axis=data_axis,
+    )
+    chosen, nbeta, calibration = _warnings_at_caller(
+        _choose_sampler,
+        loss_fn, params, data, sampler, key=calibration_key, nbeta=nbeta,
+        localization=localization, step_size=step_size, sampler_options=sampler_options,
+        safety_factor=safety_factor, init_loss=init_loss, num_chains=num_chains,
+        batch_size=batch_size,
+    )
+    trace, chosen, retries = _sample_with_retries(
+        loss_fn, params, data, chosen, sampling_key, run, max_retries if calibration else 0
+    )
+    result = _warnings_at_caller(llc, trace, nbeta=nbeta, init_loss=init_loss)
     hyperparameters = {
         "sampler": chosen.name,
         **{k: float(v) for k, v in chosen.hyperparameters.items()},
-        "num_chains": num_chains,
-        "num_draws": num_draws,
-        "num_burnin": num_burnin,
-        "steps_per_draw": steps_per_draw,
-        "batch_size": batch_size,
+        **{k: v for k, v in run.items() if k not in ("progress", "mesh", "chain_axis", "data_axis")},
         "num_examples": n,
         "step_size_halvings": retries,
         "calibration": calibration,
         "wall_time_seconds": time.perf_counter() - start,
     }
     return result._replace(hyperparameters=hyperparameters)
+
+
+def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization, step_size,
+                    sampler_options, safety_factor, init_loss, num_chains, batch_size):
+    """The sampler to run, its nβ and the calibration (``None`` for a ready sampler)."""
+    if isinstance(sampler, Sampler):
+        if nbeta is not None or step_size is not None or sampler_options:
+            raise TypeError(
+                "pass nbeta/step_size/sampler_options either to the sampler or to estimate_llc, "
+                "not both"
+            )
+        return sampler, float(sampler.hyperparameters["nbeta"]), None
+    name = DEFAULT_SAMPLER if sampler is None else sampler
+    if name not in SAMPLER_FAMILIES:
+        raise ValueError(
+            f"unknown sampler {name!r}; expected one of {sorted(SAMPLER_FAMILIES)} or a "
+            "sampler object from slt_jax.samplers"
+        )
+    family = SAMPLER_FAMILIES[name]
+    nbeta = default_nbeta(num_examples(data)) if nbeta is None else float(nbeta)
+    user_options = _check_sampler_options(name, sampler_options)
+    if step_size is not None:
+        return family.factory(step_size, nbeta, localization, **user_options), nbeta, None
+    calibration = calibrate_step_size(
+        loss_fn, params, data, key=key, nbeta=nbeta, localization=localization,
+        sampler_name=name, safety_factor=safety_factor, num_chains=num_chains,
+        batch_size=batch_size, init_loss=init_loss,
+        **{k: user_options[k] for k in ("friction", "stability") if k in user_options},
+    )
+    options = {**dict(calibration.options), **user_options}
+    return family.factory(calibration.step_size, nbeta, localization, **options), nbeta, calibration
+
+
+def _sample_with_retries(loss_fn, params, data, chosen, key, run, max_retries):
+    """Sample; if a chain diverges with a calibrated step size, halve it and run again."""
+    family = SAMPLER_FAMILIES.get(chosen.name)
+    retries = 0
+    while True:
+        trace = sample(loss_fn, params, data, chosen, key=key, **run)
+        if not np.any(np.asarray(trace.diverged)) or retries >= max_retries or family is None:
+            return trace, chosen, retries
+        retries += 1
+        changes = family.rescaled(chosen.hyperparameters, 0.5)
+        warnings.warn(
+            f"{int(np.sum(np.asarray(trace.diverged)))} chain(s) diverged at step_size="
+            f"{float(chosen.hyperparameters['step_size']):.3g}; retrying with "
+            f"{changes['step_size']:.3g}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        chosen = chosen.replace(**changes)
+
+
+def _warnings_at_caller(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` with its warnings re-issued at the caller of
+    ``estimate_llc`` (so they point at the user's line, not inside slt_jax)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = function(*args, **kwargs)
+    for warning in caught:
+        warnings.warn(warning.message, warning.category, stacklevel=3)
+    return result
 
 
 def _check_sampler_options(name: str, sampler_options: dict | None) -> dict:
@@ -192,7 +186,7 @@ def _check_sampler_options(name: str, sampler_options: dict | None) -> dict:
     options = dict(sampler_options or {})
     accepted = {
         parameter.name
-        for parameter in inspect.signature(SAMPLERS[name]).parameters.values()
+        for parameter in inspect.signature(SAMPLER_FAMILIES[name].factory).parameters.values()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "mask"
     }
     unknown = sorted(set(options) - accepted)

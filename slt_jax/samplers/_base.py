@@ -66,8 +66,9 @@ def hyperparameter_arrays(hyperparameters: dict) -> dict:
     ``jax_enable_x64``), whatever the parameters' dtype: a step size of 1e-8 or an nβ of 1e5
     must not be rounded to the parameters' float16 (to 0 or to inf)."""
     dtype = jnp.result_type(float)
+    # NumPy scalars: host-side, nothing is compiled to make them
     return {
-        name: value if isinstance(value, jax.core.Tracer) else jnp.asarray(value, dtype=dtype)
+        name: value if isinstance(value, jax.core.Tracer) else np.asarray(value, dtype=dtype)
         for name, value in hyperparameters.items()
     }
 
@@ -180,11 +181,14 @@ def mask_as_floats(mask: PyTree | None, params: PyTree) -> PyTree | None:
     if mask is None:
         return None
     validate_mask(mask, params)
-    return jax.tree.map(
-        lambda m, p: jnp.broadcast_to(jnp.asarray(m, dtype=jnp.result_type(p)), jnp.shape(p)),
-        mask,
-        params,
-    )
+
+    def as_floats(m, p):
+        dtype = jnp.result_type(p)
+        if _is_concrete(m):  # on the host: nothing is compiled to make it
+            return np.broadcast_to(np.asarray(m, dtype=dtype), jnp.shape(p))
+        return jnp.broadcast_to(jnp.asarray(m, dtype=dtype), jnp.shape(p))
+
+    return jax.tree.map(as_floats, mask, params)
 
 
 def validate_mask(mask: PyTree, params: PyTree) -> None:

@@ -21,6 +21,7 @@ step size, or a new mask of the same shape, never recompiles, also inside ``opta
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -54,7 +55,7 @@ def default_nbeta(num_samples: int) -> float:
     num_samples = int(num_samples)
     if num_samples < 2:
         raise ValueError(f"default_nbeta needs a dataset size n >= 2, got {num_samples}")
-    return num_samples / float(jnp.log(num_samples))
+    return num_samples / math.log(num_samples)
 
 
 def _check_common(step_size, nbeta, localization):
