@@ -1,11 +1,12 @@
 """Progress-bar overhead and sampling memory.
 
 1. Progress: the same DLN sampling run (4 chains, batch 256) with ``progress=True`` (a tqdm bar
-   fed by ``jax.debug.callback`` every ``num_draws // 100`` draws) and ``progress=False``,
+   updated by the host after each block of draws, which it waits for) and ``progress=False``,
    alternated, median of repeats, compile excluded. Goal: overhead ≤ 5%.
-2. Memory: XLA's memory analysis of the compiled program (``slt_jax.sampling.compiled_memory``)
-   for MLPs of growing size at 4 chains, then the largest parameter count whose program fits in
-   this machine's memory, from a linear fit of bytes vs parameters.
+2. Memory: XLA's memory analysis of the compiled block program
+   (``slt_jax.sampling.compiled_memory``) plus the stored trace, for MLPs of growing size at 4
+   chains, then the largest parameter count whose run fits in this machine's memory, from a
+   linear fit of bytes vs parameters.
 
     python benchmarks/progress_memory.py
 

@@ -211,27 +211,27 @@ def run_benchmark(variants, params, data, repeats: int, log=print):
     """First call of every variant, then ``repeats`` interleaved rounds with new keys."""
     results = {}
     for index, variant in enumerate(variants):
-        trace_count = slt_jax.sampling.TRACE_COUNT[0]
-        seconds, _, output = _timed_call(
-            variant["run"], params, data, jax.random.key(10_000 + index)
-        )
+        with slt_jax.count_compilations() as counter:
+            seconds, _, output = _timed_call(
+                variant["run"], params, data, jax.random.key(10_000 + index)
+            )
         results[variant["name"]] = dict(
             first_call_s=seconds,
             steady_s=[],
             steady_cpu_s=[],
-            traces_on_first_call=slt_jax.sampling.TRACE_COUNT[0] - trace_count,
-            retraces_on_new_key=0,
+            compilations_on_first_call=counter.count,
+            compilations_on_new_key=0,
         )
         log(f"  first call {variant['name']:<16s} {seconds:7.2f} s")
     for round_index in range(repeats):
         for index, variant in enumerate(variants):
             key = jax.random.key(1_000 * (round_index + 1) + index)
-            trace_count = slt_jax.sampling.TRACE_COUNT[0]
-            seconds, cpu_seconds, output = _timed_call(variant["run"], params, data, key)
+            with slt_jax.count_compilations() as counter:
+                seconds, cpu_seconds, output = _timed_call(variant["run"], params, data, key)
             record = results[variant["name"]]
             record["steady_s"].append(seconds)
             record["steady_cpu_s"].append(cpu_seconds)
-            record["retraces_on_new_key"] += slt_jax.sampling.TRACE_COUNT[0] - trace_count
+            record["compilations_on_new_key"] += counter.count
             losses = np.asarray(_losses_of(output))
             record["outputs_finite"] = bool(np.all(np.isfinite(losses)))
             if isinstance(output, slt_jax.Trace):
@@ -265,7 +265,7 @@ def summarize(variants, raw_results):
             steady_call_cpu_s_all=record["steady_cpu_s"],
             cpu_ms_per_step=cpu_per_step_ms,
             cpu_ms_per_chain_step=cpu_per_step_ms / chains,
-            retraces_on_new_key=record["retraces_on_new_key"],
+            compilations_on_new_key=record["compilations_on_new_key"],
             outputs_finite=record.get("outputs_finite"),
             any_chain_diverged=record.get("any_chain_diverged"),
             mean_recorded_loss=record.get("mean_recorded_loss"),
