@@ -479,7 +479,8 @@ def recorded_hyperparameters(sampler_state) -> dict:
             if getattr(entry, "name", None) in ("hyperparameters", "hyperparams"):
                 name = getattr(path[index + 1], "key", None)
                 if isinstance(name, str) and jnp.size(leaf) == 1:
-                    found.setdefault(name, float(np.asarray(leaf).reshape(())))
+                    value = np.asarray(leaf).reshape(())[()]  # shortest repr in its precision
+                    found.setdefault(name, float(np.format_float_positional(value, unique=True)))
     return found
 
 
