@@ -5,7 +5,16 @@ vmapped chains in one compiled program, and estimators reduce traces to local le
 coefficients and friends. See MATH.md for every formula.
 """
 
-from slt_jax import accumulators, calibration, data, diagnostics, models, samplers, truth
+from slt_jax import (
+    accumulators,
+    calibration,
+    data,
+    diagnostics,
+    evaluation,
+    models,
+    samplers,
+    truth,
+)
 from slt_jax.compilation_cache import enable_compilation_cache
 from slt_jax.estimators import LLCResult, estimate_llc, llc
 from slt_jax.samplers import default_nbeta
@@ -36,6 +45,7 @@ __all__ = [
     "enable_compilation_cache",
     "estimate_llc",
     "evaluate_loss",
+    "evaluation",
     "llc",
     "models",
     "reference",
