@@ -167,7 +167,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="zarr path for devinterp's samples (must not exist)")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, the data and devinterp (cpu, cuda)")
     arguments = parser.parse_args()
+    device = torch.device(arguments.device)
     if arguments.torch_threads > 0:
         torch.set_num_threads(arguments.torch_threads)
 
@@ -188,8 +190,8 @@ def main():
             model = MultilayerPerceptron(
                 [(stored[f"layer{i}.w"], stored[f"layer{i}.b"]) for i in range(config["num_layers"])]
             )
-        inputs = torch.from_numpy(stored["x"])
-        targets = torch.from_numpy(stored["y"])
+        inputs = torch.from_numpy(stored["x"]).to(device)  # loss_fn gathers rows on the device
+        targets = torch.from_numpy(stored["y"]).to(device)
         n = inputs.shape[0]
         index = np.arange(n, dtype=np.int64)
         dataset = Dataset.from_dict({"input_ids": np.stack([index, index], axis=1)}).with_format("torch")
@@ -217,8 +219,9 @@ def main():
         raise SystemExit(f"unknown task {task!r}")
 
     num_parameters = sum(p.numel() for p in model.parameters())
+    model.to(device)
     with torch.no_grad():
-        check_loss = float(loss_fn(model, check_ids).double().mean())
+        check_loss = float(loss_fn(model, check_ids.to(device)).double().mean())
     loss_difference = abs(check_loss - config["reference_loss"])
     if loss_difference > config["loss_tolerance"]:
         raise SystemExit(
@@ -245,12 +248,14 @@ def main():
             init_seed=arguments.seed,
             output_path=arguments.output,
             loss_fn=loss_fn,
-            device="cpu",
+            device=arguments.device,
         )
         loss_trace = np.asarray(result["loss_trace"].values, dtype=np.float64)  # (chain, step)
         llc_mean = float(result["llc_mean"].values)
         llc_per_chain = np.asarray(result["llc_per_chain"].values, dtype=np.float64)
         init_loss = float(result["init_loss"].values)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     sampling_s = time.perf_counter() - start
 
     chain_steps = config["num_chains"] * (config["num_burnin"] + config["num_draws"])
@@ -275,6 +280,7 @@ def main():
                 "llc_per_chain": llc_per_chain.tolist(),
                 "loss_trace": loss_trace.tolist(),
                 "in_process_s": time.perf_counter() - PROCESS_START,
+                **({"device": arguments.device} if device.type != "cpu" else {}),
             }
         )
     )

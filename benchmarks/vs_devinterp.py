@@ -87,7 +87,11 @@ average before every run is recorded; compare numbers from one run of this scrip
 
 devinterp is never a dependency of slt_jax: this script installs ``torch==2.13.0`` (a CPU
 wheel) and then ``devinterp==2.0.1`` into ``benchmarks/.devinterp/.venv`` (git-ignored),
-with a constraints file pinning torch so that pip cannot swap in a CUDA build.
+with a constraints file pinning torch so that pip cannot swap in a CUDA build, unless
+``--devinterp-python PATH`` names an interpreter that already has torch and devinterp (then
+nothing is installed). On a GPU machine ``--devinterp-device cuda`` runs the devinterp side
+on the GPU, and the slt_jax side uses JAX's default device; the driver itself makes the data
+with JAX on the CPU (``--driver-jax-platform``). ``benchmarks/gpu/run.sh`` does all of this.
 
 How to run
 ----------
@@ -96,6 +100,7 @@ How to run
     .venv/bin/python benchmarks/vs_devinterp.py                       # 7-15 minutes on 2 cores
     .venv/bin/python benchmarks/vs_devinterp.py --quick               # smoke test, ~3 minutes
     .venv/bin/python benchmarks/vs_devinterp.py --tasks dln --repetitions 3
+    bash benchmarks/gpu/run.sh                                        # on a GPU machine
 
 Writes ``benchmarks/results/vs_devinterp.json`` (every number, per run and summarized, keyed
 ``<task>.<metric>``, e.g. ``dln.sampling_speedup``) and ``benchmarks/results/vs_devinterp.md``.
@@ -150,6 +155,11 @@ def _installed_versions(venv: pathlib.Path) -> dict | None:
     python = _venv_python(venv)
     if not python.exists():
         return None
+    return _interpreter_versions(python)
+
+
+def _interpreter_versions(python) -> dict | None:
+    """torch's and devinterp's versions as seen by the interpreter ``python`` (None if absent)."""
     probe = (
         "import json, torch; from importlib.metadata import version; "
         "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, "
@@ -191,6 +201,23 @@ def ensure_devinterp_venv(venv: pathlib.Path = DEVINTERP_VENV) -> dict:
     if not versions or versions["torch"].split("+")[0] != wanted_torch or versions["cuda"] is not None:
         raise RuntimeError(f"the devinterp venv does not have the CPU torch {wanted_torch}: {versions}")
     return {**versions, "installed_now": True, "install_s": time.perf_counter() - start}
+
+
+def existing_devinterp_python(python: str) -> dict:
+    """Check an interpreter that already has torch and devinterp (``--devinterp-python``).
+
+    Nothing is installed: on a machine with a CUDA build of torch (and no network) point this at
+    a venv that has devinterp 2.0.1 (``benchmarks/gpu/run.sh`` makes one). The path is made
+    absolute but not resolved (a venv's ``bin/python`` is a link that must stay one).
+    """
+    python = os.path.abspath(python)
+    versions = _interpreter_versions(python)
+    if versions is None:
+        raise RuntimeError(f"{python} cannot import torch and devinterp (see --devinterp-python)")
+    wanted_devinterp = DEVINTERP_REQUIREMENT.split("==")[1]
+    if versions["devinterp"] != wanted_devinterp:
+        print(f"warning: {python} has devinterp {versions['devinterp']}, not {wanted_devinterp}", flush=True)
+    return {**versions, "python": python, "installed_now": False, "install_s": 0.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,11 +414,15 @@ def run_slt_jax(config_path, seed, log_path, timeout):
     return result
 
 
-def run_devinterp(config_path, seed, log_path, timeout, work_dir, torch_threads):
+def run_devinterp(config_path, seed, log_path, timeout, work_dir, torch_threads, python=None, device="cpu"):
+    """One devinterp run with ``python`` (default: the venv's) on the torch ``device``."""
     output = pathlib.Path(tempfile.mkdtemp(dir=work_dir)) / "samples.zarr"
-    command = [str(_venv_python(DEVINTERP_VENV)), str(BENCHMARKS / "_devinterp_side.py"),
+    python = python or _venv_python(DEVINTERP_VENV)
+    command = [str(python), str(BENCHMARKS / "_devinterp_side.py"),
                "--config", str(config_path), "--seed", str(seed), "--output", str(output),
                "--torch-threads", str(torch_threads)]
+    if device != "cpu":
+        command += ["--device", device]
     try:
         result, _ = _run(command, log_path, timeout)
     finally:
@@ -533,69 +564,104 @@ def markdown_report(results: dict) -> str:
         f"medians shown. Load average (1 min) before runs: {meta['load_average_min']:.1f} to "
         f"{meta['load_average_max']:.1f}. Total benchmark time {meta['total_s'] / 60:.1f} min."
     )
+    devices = _devices_text(results)
+    if devices:
+        lines.append(devices)
     lines.append("")
     for task, summary in results["tasks"].items():
-        s, d, settings = summary["slt_jax"], summary["devinterp"], summary["settings"]
-        lines.append(f"## {task}: {summary['description']}")
-        lines.append("")
-        lines.append(
-            f"{summary['num_parameters']:,} parameters; {settings['num_chains']} chains x {settings['num_draws']} steps "
-            f"(no burn-in), batch {settings['batch_size']}, SGLD ε={settings['step_size']:g}, "
-            f"nβ={settings['nbeta']:.2f}, γ={settings['localization']:g}."
-        )
-        lines.append("")
-        lines.append("| | slt_jax | devinterp | devinterp / slt_jax |")
-        lines.append("|---|---:|---:|---:|")
-        lines.append(f"| sampling time (s, compile excluded) | {s['sampling_s']:.3f} | {d['sampling_s']:.3f} | **{summary['sampling_speedup']:.1f}x** |")
-        lines.append(f"| chain-steps per second | {s['chain_steps_per_s']:.0f} | {d['chain_steps_per_s']:.0f} | {summary['chain_steps_per_s_ratio']:.1f}x |")
-        def text(value, digits=2):
-            return f"{value:.{digits}f}" if value is not None else "n/a"
+        lines.extend(_task_section(task, summary))
+    lines.extend(_goals_and_notes(results))
+    return "\n".join(lines)
 
+
+def _devices_text(results: dict) -> str | None:
+    """A line naming the devices, only when a side ran on an accelerator (None otherwise)."""
+    jax_devices = sorted({device for summary in results["tasks"].values()
+                          for run in summary["runs"]["slt_jax"] for device in run.get("devices", [])})
+    devinterp_device = results["meta"].get("devinterp_device", "cpu")
+    if devinterp_device == "cpu" and all("cpu" in device.lower() for device in jax_devices):
+        return None
+    return f"Devices: slt_jax on {', '.join(jax_devices)}; devinterp (torch) on {devinterp_device}."
+
+
+def _task_section(task: str, summary: dict) -> list[str]:
+    """The markdown of one task: settings, the comparison table and the LLC agreement."""
+    lines = []
+    s, d, settings = summary["slt_jax"], summary["devinterp"], summary["settings"]
+    lines.append(f"## {task}: {summary['description']}")
+    lines.append("")
+    lines.append(
+        f"{summary['num_parameters']:,} parameters; {settings['num_chains']} chains x {settings['num_draws']} steps "
+        f"(no burn-in), batch {settings['batch_size']}, SGLD ε={settings['step_size']:g}, "
+        f"nβ={settings['nbeta']:.2f}, γ={settings['localization']:g}."
+    )
+    lines.append("")
+    lines.extend(_comparison_table(task, summary))
+    lines.append("")
+    threads_text = "; ".join(
+        f"{v['torch_threads']} thread(s): sampling {v['sampling_s']:.3f} s, process {v['process_wall_s']:.2f} s"
+        for v in d.get("by_torch_threads", {}).values()
+    )
+    if threads_text:
+        lines.append(f"devinterp by torch thread count ({d['torch_threads']} used above, the faster): {threads_text}.")
+    agree = "agree" if summary["llc_agree"] else "DO NOT agree"
+    lines.append(
+        f"LLC estimates {agree} (|difference| / combined MCSE = {summary['llc_difference_z']:.2f}; per run: "
+        f"slt_jax {', '.join(f'{v:.3f}' for v in s['llc_per_run'])}; devinterp {', '.join(f'{v:.3f}' for v in d['llc_per_run'])})."
+    )
+    if summary.get("true_llc") is not None:
+        lines.append(f"True LLC (Aoyagi): {summary['true_llc']:g}.")
+    if task == "transformer":
+        lines.append(f"PyTorch vs JAX loss at w*: |difference| = {d['loss_at_center_difference']:.2e}.")
+    lines.append("")
+    return lines
+
+
+def _comparison_table(task: str, summary: dict) -> list[str]:
+    """The slt_jax | devinterp table of one task."""
+
+    def text(value, digits=2):
+        return f"{value:.{digits}f}" if value is not None else "n/a"
+
+    s, d, settings = summary["slt_jax"], summary["devinterp"], summary["settings"]
+    lines = []
+    lines.append("| | slt_jax | devinterp | devinterp / slt_jax |")
+    lines.append("|---|---:|---:|---:|")
+    lines.append(f"| sampling time (s, compile excluded) | {s['sampling_s']:.3f} | {d['sampling_s']:.3f} | **{summary['sampling_speedup']:.1f}x** |")
+    lines.append(f"| chain-steps per second | {s['chain_steps_per_s']:.0f} | {d['chain_steps_per_s']:.0f} | {summary['chain_steps_per_s_ratio']:.1f}x |")
+    lines.append(
+        f"| compile time, cold cache (s): first − second call; JAX trace+lower+compile | "
+        f"{s['compile_s_cold']:.2f}; {s['jax_compile_s_cold']:.2f} | 0 (eager) | |"
+    )
+    lines.append(
+        f"| compile time, warm persistent cache (s): first − second call; JAX trace+lower+cache load | "
+        f"{text(s['compile_s_warm'])}; {text(s['jax_compile_s_warm'])} | 0 (eager) | |"
+    )
+    lines.append(f"| import time (s) | {s['import_s']:.2f} | {d['import_s']:.2f} | |")
+    lines.append(f"| whole-process wall time (s) | {s['process_wall_s']:.2f} | {d['process_wall_s']:.2f} | **{summary['wall_time_speedup']:.1f}x** |")
+    if summary["wall_time_speedup_warm_cache"] is not None:
         lines.append(
-            f"| compile time, cold cache (s): first − second call; JAX trace+lower+compile | "
-            f"{s['compile_s_cold']:.2f}; {s['jax_compile_s_cold']:.2f} | 0 (eager) | |"
+            f"| whole-process wall time, cold / warm JAX cache (s) | {s['process_wall_s_cold']:.2f} / "
+            f"{s['process_wall_s_warm']:.2f} | {d['process_wall_s_cold']:.2f} / {d['process_wall_s_warm']:.2f} | "
+            f"{summary['wall_time_speedup_cold_cache']:.1f}x / {summary['wall_time_speedup_warm_cache']:.1f}x |"
         )
+    lines.append(f"| wall time of a process estimating once (s) | {s['single_run_wall_s']:.2f} | {d['single_run_wall_s']:.2f} | {summary['single_run_wall_time_speedup']:.1f}x |")
+    flops = summary.get("flops_per_chain_step") or flops_per_chain_step(
+        task, summary["num_parameters"], settings["batch_size"]
+    )
+    if flops:
         lines.append(
-            f"| compile time, warm persistent cache (s): first − second call; JAX trace+lower+cache load | "
-            f"{text(s['compile_s_warm'])}; {text(s['jax_compile_s_warm'])} | 0 (eager) | |"
+            f"| ≈ GFLOP/s in the gradients ({flops / 1e9:.3g} GFLOP per chain-step) | "
+            f"{flops * s['chain_steps_per_s'] / 1e9:.1f} | {flops * d['chain_steps_per_s'] / 1e9:.1f} | |"
         )
-        lines.append(f"| import time (s) | {s['import_s']:.2f} | {d['import_s']:.2f} | |")
-        lines.append(f"| whole-process wall time (s) | {s['process_wall_s']:.2f} | {d['process_wall_s']:.2f} | **{summary['wall_time_speedup']:.1f}x** |")
-        if summary["wall_time_speedup_warm_cache"] is not None:
-            lines.append(
-                f"| whole-process wall time, cold / warm JAX cache (s) | {s['process_wall_s_cold']:.2f} / "
-                f"{s['process_wall_s_warm']:.2f} | {d['process_wall_s_cold']:.2f} / {d['process_wall_s_warm']:.2f} | "
-                f"{summary['wall_time_speedup_cold_cache']:.1f}x / {summary['wall_time_speedup_warm_cache']:.1f}x |"
-            )
-        lines.append(f"| wall time of a process estimating once (s) | {s['single_run_wall_s']:.2f} | {d['single_run_wall_s']:.2f} | {summary['single_run_wall_time_speedup']:.1f}x |")
-        flops = summary.get("flops_per_chain_step") or flops_per_chain_step(
-            task, summary["num_parameters"], settings["batch_size"]
-        )
-        if flops:
-            lines.append(
-                f"| ≈ GFLOP/s in the gradients ({flops / 1e9:.3g} GFLOP per chain-step) | "
-                f"{flops * s['chain_steps_per_s'] / 1e9:.1f} | {flops * d['chain_steps_per_s'] / 1e9:.1f} | |"
-            )
-        lines.append(f"| LLC ± MCSE | {s['llc']:.3f} ± {s['llc_mcse']:.3f} | {d['llc']:.3f} ± {d['llc_mcse']:.3f} | z = {summary['llc_difference_z']:.2f} |")
-        lines.append(f"| std of per-chain LLCs | {s['llc_std_over_chains']:.3f} | {d['llc_std_over_chains']:.3f} | |")
-        lines.append(f"| L_n(w*) used | {s['init_loss']:.6g} | {d['init_loss']:.6g} | |")
-        lines.append("")
-        threads_text = "; ".join(
-            f"{v['torch_threads']} thread(s): sampling {v['sampling_s']:.3f} s, process {v['process_wall_s']:.2f} s"
-            for v in d.get("by_torch_threads", {}).values()
-        )
-        if threads_text:
-            lines.append(f"devinterp by torch thread count ({d['torch_threads']} used above, the faster): {threads_text}.")
-        agree = "agree" if summary["llc_agree"] else "DO NOT agree"
-        lines.append(
-            f"LLC estimates {agree} (|difference| / combined MCSE = {summary['llc_difference_z']:.2f}; per run: "
-            f"slt_jax {', '.join(f'{v:.3f}' for v in s['llc_per_run'])}; devinterp {', '.join(f'{v:.3f}' for v in d['llc_per_run'])})."
-        )
-        if summary.get("true_llc") is not None:
-            lines.append(f"True LLC (Aoyagi): {summary['true_llc']:g}.")
-        if task == "transformer":
-            lines.append(f"PyTorch vs JAX loss at w*: |difference| = {d['loss_at_center_difference']:.2e}.")
-        lines.append("")
+    lines.append(f"| LLC ± MCSE | {s['llc']:.3f} ± {s['llc_mcse']:.3f} | {d['llc']:.3f} ± {d['llc_mcse']:.3f} | z = {summary['llc_difference_z']:.2f} |")
+    lines.append(f"| std of per-chain LLCs | {s['llc_std_over_chains']:.3f} | {d['llc_std_over_chains']:.3f} | |")
+    lines.append(f"| L_n(w*) used | {s['init_loss']:.6g} | {d['init_loss']:.6g} | |")
+    return lines
+
+
+def _goals_and_notes(results: dict) -> list[str]:
+    lines = []
     lines.append("## Goals")
     lines.append("")
     for task, key, goal in GOALS:
@@ -608,10 +674,11 @@ def markdown_report(results: dict) -> str:
         lines.append("")
         lines.extend(f"- {note}" for note in results["notes"])
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
-def main():
+def parse_arguments(argv=None) -> argparse.Namespace:
+    """The command line; ``--quick`` sets one repetition and few steps."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--repetitions", type=int, default=2)
@@ -635,32 +702,51 @@ def main():
     parser.add_argument("--output", default=str(RESULTS / "vs_devinterp.json"))
     parser.add_argument("--note", action="append", default=[], help="a note to add to the report")
     parser.add_argument("--report-only", action="store_true", help="re-render the markdown from --output's JSON")
-    settings = parser.parse_args()
-    if settings.report_only:
-        output = pathlib.Path(settings.output)
-        results = json.loads(output.read_text())
-        if settings.note:
-            results["notes"] = settings.note
-            output.write_text(json.dumps(results, indent=1))
-        output.with_suffix(".md").write_text(markdown_report(results))
-        print(markdown_report(results))
-        return
+    parser.add_argument(
+        "--devinterp-python", default=None, metavar="PATH",
+        help="run the devinterp side with this interpreter (it must import torch and devinterp) "
+        f"instead of creating {DEVINTERP_VENV.relative_to(REPOSITORY)} with a CPU torch",
+    )
+    parser.add_argument(
+        "--devinterp-device", default="cpu",
+        help="torch device of the devinterp side, e.g. cuda (default cpu); the slt_jax side uses "
+        "JAX's default device (set JAX_PLATFORMS to choose)",
+    )
+    parser.add_argument(
+        "--driver-jax-platform", default="cpu",
+        help="JAX platform of this driver process, which only makes the tasks' data (default cpu, "
+        "so that on a GPU machine the driver holds no GPU memory while the two sides run)",
+    )
+    settings = parser.parse_args(argv)
     if settings.quick:
         settings.repetitions = 1
         settings.dln_steps, settings.mlp_steps, settings.transformer_steps = 200, 50, 5
-    total_start = time.perf_counter()
+    return settings
 
-    installed = ensure_devinterp_venv()
-    print(f"devinterp venv: {installed}", flush=True)
 
-    data_dir = pathlib.Path(settings.data_dir)
+def rerender_report(settings: argparse.Namespace) -> None:
+    """``--report-only``: write the markdown again from the JSON (adding ``--note``s)."""
+    output = pathlib.Path(settings.output)
+    results = json.loads(output.read_text())
+    if settings.note:
+        results["notes"] = settings.note
+        output.write_text(json.dumps(results, indent=1))
+    output.with_suffix(".md").write_text(markdown_report(results))
+    print(markdown_report(results))
+
+
+def prepare_tasks(settings: argparse.Namespace, data_dir: pathlib.Path) -> dict:
+    """Data, ``w*`` and configuration of every task, written to ``data_dir``.
+
+    Returns ``{task: (config, config_path)}``. Empties the JAX cache unless ``--keep-cache``.
+    """
+    import jax
+
+    jax.config.update("jax_platforms", settings.driver_jax_platform)
     data_dir.mkdir(parents=True, exist_ok=True)
-    logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
     if not settings.keep_cache and JAX_CACHE.exists():
         shutil.rmtree(JAX_CACHE)
     JAX_CACHE.mkdir(parents=True, exist_ok=True)
-
     configs = {}
     for task in settings.tasks:
         print(f"preparing {task} ...", flush=True)
@@ -668,7 +754,41 @@ def main():
         config_path = data_dir / f"{task}.json"
         config_path.write_text(json.dumps(config, indent=1))
         configs[task] = (config, config_path)
+    return configs
 
+
+def _run_side(side, threads, task, repetition, config_path, seed, data_dir, settings) -> dict:
+    """One subprocess: the slt_jax side, or the devinterp side with ``threads`` torch threads."""
+    logs = data_dir / "logs"
+    if side == "slt_jax":
+        log_path = logs / f"{task}_{side}_{repetition}.log"
+        result = run_slt_jax(config_path, seed, log_path, settings.timeout)
+    else:
+        log_path = logs / f"{task}_{side}_threads{threads}_{repetition}.log"
+        result = run_devinterp(config_path, seed, log_path, settings.timeout, data_dir, threads,
+                               python=settings.devinterp_python, device=settings.devinterp_device)
+        result["torch_threads_setting"] = threads
+    result["repetition"] = repetition
+    return result
+
+
+def _print_run(result: dict, side: str, threads, task: str, repetition: int, repetitions: int) -> None:
+    label = side if threads is None else f"devinterp/{result['torch_threads']}t"
+    print(
+        f"[{repetition + 1}/{repetitions}] {task:11s} {label:12s} sampling {result['sampling_s']:8.3f} s"
+        f"  process {result['process_wall_s']:7.2f} s"
+        + (f"  compile {result['compile_s']:6.2f} s" if side == "slt_jax" else "")
+        + f"  LLC {result['llc_mean']:9.3f}  load {result['load_average_before']:.1f}",
+        flush=True,
+    )
+
+
+def run_alternately(settings: argparse.Namespace, configs: dict, data_dir: pathlib.Path) -> tuple[dict, list]:
+    """Per repetition, per task: slt_jax, then devinterp at each torch thread setting.
+
+    Returns the runs ``{task: {side: [result, ...]}}`` and the load averages before each run.
+    """
+    (data_dir / "logs").mkdir(exist_ok=True)
     runs = {task: {"slt_jax": [], "devinterp": []} for task in settings.tasks}
     loads = []
     for repetition in range(settings.repetitions):
@@ -677,57 +797,42 @@ def main():
             seed = 1000 * repetition + 17
             sides = [("slt_jax", None)] + [("devinterp", threads) for threads in settings.torch_threads]
             for side, threads in sides:
-                if side == "slt_jax":
-                    log_path = logs / f"{task}_{side}_{repetition}.log"
-                    result = run_slt_jax(config_path, seed, log_path, settings.timeout)
-                else:
-                    log_path = logs / f"{task}_{side}_threads{threads}_{repetition}.log"
-                    result = run_devinterp(config_path, seed, log_path, settings.timeout, data_dir, threads)
-                    result["torch_threads_setting"] = threads
-                result["repetition"] = repetition
+                result = _run_side(side, threads, task, repetition, config_path, seed, data_dir, settings)
                 loads.append(result["load_average_before"])
                 runs[task][side].append(result)
-                label = side if threads is None else f"devinterp/{result['torch_threads']}t"
-                print(
-                    f"[{repetition + 1}/{settings.repetitions}] {task:11s} {label:12s} sampling {result['sampling_s']:8.3f} s"
-                    f"  process {result['process_wall_s']:7.2f} s"
-                    + (f"  compile {result['compile_s']:6.2f} s" if side == "slt_jax" else "")
-                    + f"  LLC {result['llc_mean']:9.3f}  load {result['load_average_before']:.1f}",
-                    flush=True,
-                )
+                _print_run(result, side, threads, task, repetition, settings.repetitions)
+    return runs, loads
 
+
+def _meta(settings: argparse.Namespace, installed: dict, loads: list) -> dict:
     import jax
 
-    results = {
-        "meta": {
-            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
-            "versions": {
-                "python": platform.python_version(),
-                "jax": jax.__version__,
-                "torch": installed["torch"],
-                "devinterp": installed["devinterp"],
-            },
-            "devinterp_venv": str(DEVINTERP_VENV.relative_to(REPOSITORY)),
-            "devinterp_install_s": installed["install_s"],
-            "repetitions": settings.repetitions,
-            "torch_threads": settings.torch_threads,
-            "order": "per repetition, per task: slt_jax then devinterp",
-            "load_average_min": min(loads),
-            "load_average_max": max(loads),
-            "command": " ".join([os.path.relpath(sys.argv[0], REPOSITORY)] + sys.argv[1:]),
+    meta = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "torch": installed["torch"],
+            "devinterp": installed["devinterp"],
         },
-        "tasks": {task: summarize(task, configs[task][0], runs[task]) for task in settings.tasks},
-        "notes": settings.note,
+        "devinterp_venv": installed.get("python") or str(DEVINTERP_VENV.relative_to(REPOSITORY)),
+        "devinterp_install_s": installed["install_s"],
+        "repetitions": settings.repetitions,
+        "torch_threads": settings.torch_threads,
+        "order": "per repetition, per task: slt_jax then devinterp",
+        "load_average_min": min(loads),
+        "load_average_max": max(loads),
+        "command": " ".join([os.path.relpath(sys.argv[0], REPOSITORY)] + sys.argv[1:]),
     }
-    results["meta"]["total_s"] = time.perf_counter() - total_start
-    results["goals"] = {
-        f"{task}.{key}": {"goal": goal, "value": results["tasks"][task][key], "met": results["tasks"][task][key] >= goal}
-        for task, key, goal in GOALS
-        if task in results["tasks"]
-    }
-    # Flat "<task>.<metric>" keys for quick lookup.
+    if settings.devinterp_device != "cpu":
+        meta["devinterp_device"] = settings.devinterp_device
+    return meta
+
+
+def _flat_summary(tasks: dict) -> dict:
+    """Flat ``"<task>.<metric>"`` keys for quick lookup."""
     flat = {}
-    for task, summary in results["tasks"].items():
+    for task, summary in tasks.items():
         for key in ("sampling_speedup", "wall_time_speedup", "wall_time_speedup_cold_cache",
                     "wall_time_speedup_warm_cache", "single_run_wall_time_speedup",
                     "chain_steps_per_s_ratio", "llc_difference_z", "llc_agree"):
@@ -737,9 +842,27 @@ def main():
                 flat[f"{task}.{side}.{key}"] = summary[side][key]
         for key in ("compile_s_warm", "jax_compile_s_cold", "jax_compile_s_warm"):
             flat[f"{task}.slt_jax.{key}"] = summary["slt_jax"][key]
-    results["summary"] = flat
+    return flat
 
-    output = pathlib.Path(settings.output)
+
+def collect_results(settings, configs, runs, loads, installed, total_start) -> dict:
+    """Everything written to the JSON: meta, per-task summaries, notes, goals, flat summary."""
+    results = {
+        "meta": _meta(settings, installed, loads),
+        "tasks": {task: summarize(task, configs[task][0], runs[task]) for task in settings.tasks},
+        "notes": settings.note,
+    }
+    results["meta"]["total_s"] = time.perf_counter() - total_start
+    results["goals"] = {
+        f"{task}.{key}": {"goal": goal, "value": results["tasks"][task][key], "met": results["tasks"][task][key] >= goal}
+        for task, key, goal in GOALS
+        if task in results["tasks"]
+    }
+    results["summary"] = _flat_summary(results["tasks"])
+    return results
+
+
+def write_results(results: dict, output: pathlib.Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))
     report = markdown_report(results)
@@ -747,6 +870,25 @@ def main():
     print()
     print(report)
     print(f"wrote {output} and {output.with_suffix('.md')}")
+
+
+def main(argv=None):
+    settings = parse_arguments(argv)
+    if settings.report_only:
+        rerender_report(settings)
+        return
+    total_start = time.perf_counter()
+    if settings.devinterp_python:
+        installed = existing_devinterp_python(settings.devinterp_python)
+        settings.devinterp_python = installed["python"]
+    else:
+        installed = ensure_devinterp_venv()
+    print(f"devinterp venv: {installed}", flush=True)
+    data_dir = pathlib.Path(settings.data_dir)
+    configs = prepare_tasks(settings, data_dir)
+    runs, loads = run_alternately(settings, configs, data_dir)
+    results = collect_results(settings, configs, runs, loads, installed, total_start)
+    write_results(results, pathlib.Path(settings.output))
 
 
 if __name__ == "__main__":
