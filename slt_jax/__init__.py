@@ -16,7 +16,17 @@ from slt_jax import (
     truth,
 )
 from slt_jax.compilation_cache import enable_compilation_cache
-from slt_jax.estimators import LLCResult, estimate_llc, llc
+from slt_jax.estimators import (
+    BIFResult,
+    LLCResult,
+    bif,
+    bif_accumulator,
+    estimate_bif,
+    estimate_llc,
+    llc,
+    loss_kernel,
+    loss_kernel_accumulator,
+)
 from slt_jax.samplers import default_nbeta
 from slt_jax.sampling import (
     ChainState,
@@ -31,11 +41,14 @@ from slt_jax.sampling import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BIFResult",
     "ChainState",
     "LLCResult",
     "SampleOptions",
     "Trace",
     "accumulators",
+    "bif",
+    "bif_accumulator",
     "calibration",
     "compiled_memory",
     "count_compilations",
@@ -43,10 +56,13 @@ __all__ = [
     "default_nbeta",
     "diagnostics",
     "enable_compilation_cache",
+    "estimate_bif",
     "estimate_llc",
     "evaluate_loss",
     "evaluation",
     "llc",
+    "loss_kernel",
+    "loss_kernel_accumulator",
     "models",
     "reference",
     "sample",

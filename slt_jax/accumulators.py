@@ -559,6 +559,9 @@ def _cross_covariance_of_draws(a: jax.Array, b: jax.Array, center: str, ddof: fl
         )
     num_chains, num_draws = flat_a.shape[:2]
     total = num_chains * num_draws
+    # shift by one draw first (the covariance does not change): a constant stream is then
+    # exactly zero instead of the rounding residue of subtracting its float mean
+    flat_a, flat_b = flat_a - flat_a[:1, :1], flat_b - flat_b[:1, :1]
     axes = (0, 1) if center == "global" else (1,)
     shift_a = jnp.mean(flat_a, axis=axes, keepdims=True)
     shift_b = jnp.mean(flat_b, axis=axes, keepdims=True)

@@ -249,7 +249,7 @@ class _Program(NamedTuple):
     loss_fn: StructuralKey
     update: StructuralKey
     observables: StructuralKey  # ((name, fn), ...)
-    accumulators: StructuralKey  # ((name, Accumulator), ...)
+    accumulators: StructuralKey  # ((name, streams, update), ...): init and finalize run outside
     query_names: tuple
     stored: tuple
     num_chains: int
@@ -373,13 +373,22 @@ def _scan_draws(program, state, data, query_data, chain_keys, controls):
     return jax.lax.scan(draw, state, jnp.arange(program.draws_per_block))
 
 
+class _InProgram(NamedTuple):
+    """The part of an accumulator the compiled program runs (``finalize`` runs on the host
+    afterwards, so constants it closes over, e.g. a BIF's β, never recompile the program)."""
+
+    name: str
+    streams: tuple
+    update: Callable
+
+
 def _update_accumulators(program, accumulator_states, records, weights, record):
     def update_all(states):
         return {
-            name: accumulator.update(
-                states[name], {stream: records[stream] for stream in accumulator.streams}, weights
+            item.name: item.update(
+                states[item.name], {stream: records[stream] for stream in item.streams}, weights
             )
-            for name, accumulator in program.accumulators.value
+            for item in program.accumulators.value
         }
 
     return jax.lax.cond(record, update_all, lambda states: states, accumulator_states)
@@ -416,6 +425,7 @@ class _Prepared(NamedTuple):
     query_data: dict
     chain_keys: jax.Array
     hyperparameters: dict
+    accumulators: tuple  # ((name, Accumulator), ...), for finalize
 
 
 def _check_sampler(sampler):
@@ -502,7 +512,11 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
     block = _draws_per_block(options, {name: shapes[name] for name in streams})
     program = _Program(
         loss_fn=StructuralKey(loss_fn), update=StructuralKey(sampler.update),
-        observables=StructuralKey(observable_items), accumulators=StructuralKey(accumulator_items),
+        observables=StructuralKey(observable_items),
+        accumulators=StructuralKey(tuple(
+            _InProgram(name, tuple(accumulator.streams), accumulator.update)
+            for name, accumulator in accumulator_items
+        )),
         query_names=tuple(name for name, _ in query_shapes), stored=stored,
         num_chains=options.num_chains, batch_size=options.batch_size, num_samples=n,
         draws_per_block=block, query_chunk_size=options.query_chunk_size, mesh=options.mesh,
@@ -516,7 +530,7 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
     }
     return _Prepared(
         program, options, state, accumulator_states, data, dict(query_data or {}), keys,
-        recorded_hyperparameters(sampler_state),
+        recorded_hyperparameters(sampler_state), accumulator_items,
     )
 
 
@@ -583,7 +597,7 @@ def _trace(prepared, state, accumulator_states, stored) -> Trace:
         query_losses={name: stored[name] for name in program.query_names if name in stored},
         accumulators={
             name: accumulator.finalize(accumulator_states[name])
-            for name, accumulator in program.accumulators.value
+            for name, accumulator in prepared.accumulators
         },
         state=state,
         hyperparameters=prepared.hyperparameters,
