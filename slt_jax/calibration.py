@@ -450,7 +450,9 @@ def _pilot_rounds(problem, search, key, pilot_steps, max_pilot_rounds, max_pilot
             )
             continue
         measured_rounds += 1
-        search, grown = _measure_pilot_end(problem, search, trace, round_key, pilot_steps)
+        search, grown = _measure_pilot_end(
+            problem, search, trace, jax.random.fold_in(round_key, 1), pilot_steps
+        )
         if not grown:
             break
     return search

@@ -96,7 +96,8 @@ class Trace(NamedTuple):
 
     Attributes:
       loss: ``(num_chains, num_draws)`` minibatch mean loss at each draw (the full-data mean
-        loss when ``batch_size=None``), evaluated at the draw's parameters.
+        loss when ``batch_size=None``), evaluated at the draw's parameters, in JAX's default
+        float type (float32 also for float16/bfloat16 parameters).
       observables: ``{name: (num_chains, num_draws, *out)}`` for each stored observable.
       diverged: ``(num_chains,)`` bool, True where a chain produced a non-finite loss at any
         step (burn-in included).
@@ -547,23 +548,39 @@ def _controls(num_valid, steps_per_draw, record) -> _Controls:
 
 
 def _run_phase(prepared, state, accumulator_states, count, steps_per_draw, record, meter):
-    """Run ``count`` draws (burn-in: ``record=False``) block by block; returns the new states
+    """Run ``count`` draws of ``steps_per_draw`` steps block by block; returns the new states
     and the stored blocks ``[(stored dict, valid draws), ...]``."""
     block, blocks = prepared.program.draws_per_block, []
-    phase = "sampling" if record else "burn-in"
     while count > 0:
         valid = min(block, count)
         state, accumulator_states, stored = _run_block(
             state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
             _controls(valid, steps_per_draw, record), program=prepared.program,
         )
-        if record:
-            blocks.append((stored, valid))
+        blocks.append((stored, valid))
         if not isinstance(meter, _NoProgress):
             jax.block_until_ready(state.step)  # the bar shows real progress
-        meter.update(valid * steps_per_draw, phase)
+        meter.update(valid * steps_per_draw, "sampling")
         count -= valid
     return state, accumulator_states, blocks
+
+
+def _burn_in(prepared, state, accumulator_states, num_steps, meter):
+    """Burn-in as a few blocks of many steps each (nothing recorded): about four dispatches
+    of the block program whatever ``num_steps`` and the block size are."""
+    block = prepared.program.draws_per_block
+    while num_steps > 0:
+        steps_per_draw = max(1, num_steps // (4 * block))
+        valid = min(block, num_steps // steps_per_draw)
+        state, accumulator_states, _ = _run_block(
+            state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
+            _controls(valid, steps_per_draw, False), program=prepared.program,
+        )
+        if not isinstance(meter, _NoProgress):
+            jax.block_until_ready(state.step)
+        meter.update(valid * steps_per_draw, "burn-in")
+        num_steps -= valid * steps_per_draw
+    return state, accumulator_states
 
 
 def _concatenate(blocks, sharded: bool):
@@ -575,6 +592,8 @@ def _concatenate(blocks, sharded: bool):
     """
     if not blocks:
         return {}
+    if len(blocks) == 1 and blocks[0][1] == _block_length(blocks[0][0]):
+        return blocks[0][0]
 
     def join(*parts):
         if sharded:
@@ -583,6 +602,11 @@ def _concatenate(blocks, sharded: bool):
         return jax.device_put(np.concatenate(host, axis=1))
 
     return jax.tree.map(join, *[stored for stored, _ in blocks])
+
+
+def _block_length(stored) -> int:
+    leaves = jax.tree.leaves(stored)
+    return leaves[0].shape[1] if leaves else 0
 
 
 def _trace(prepared, state, accumulator_states, stored) -> Trace:
@@ -610,9 +634,8 @@ def _run(prepared: _Prepared, meter: ProgressMeter) -> Trace:
     meter.start(total, f"sampling {options.num_chains} chains")
     meter.update(0, "compiling")  # until the first block returns
     try:
-        state, accumulator_states, _ = _run_phase(
-            prepared, prepared.state, prepared.accumulator_states, options.num_burnin, 1, False,
-            meter,
+        state, accumulator_states = _burn_in(
+            prepared, prepared.state, prepared.accumulator_states, options.num_burnin, meter
         )
         state, accumulator_states, blocks = _run_phase(
             prepared, state, accumulator_states, options.num_draws, options.steps_per_draw, True,

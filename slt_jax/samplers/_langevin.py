@@ -70,6 +70,14 @@ def _cast_like(tree: PyTree, reference: PyTree) -> PyTree:
     return jax.tree.map(lambda x, r: x.astype(jnp.result_type(r)), tree, reference)
 
 
+def _overrides(hyperparameters: dict) -> dict:
+    """Hyperparameters given as JAX arrays (e.g. by ``optax.inject_hyperparams``, which rebuilds
+    the sampler with its current, possibly scheduled, values at every update): ``update`` uses
+    these instead of the values ``init`` stored. Python numbers are read from the state only, so
+    a sampler built from numbers closes over none (one compiled program for every value)."""
+    return {k: v for k, v in hyperparameters.items() if isinstance(v, (jax.Array, jax.core.Tracer))}
+
+
 def _initial_state(params, hyperparameters, mask):
     """The fields every sampler state starts with: center, hyperparameter arrays, float mask."""
     center = jax.tree.map(jnp.asarray, params)
@@ -224,6 +232,8 @@ def preconditioned_langevin(
     :math:`\Gamma(w)` of pSGLD is dropped, as in Li et al. (2016) and devinterp.
     """
 
+    overrides = _overrides(hyperparameters)
+
     def init(params):
         center, values, mask_floats = _initial_state(params, hyperparameters, mask)
         return PreconditionedLangevinState(center, values, mask_floats, preconditioner.init(params))
@@ -231,7 +241,7 @@ def preconditioned_langevin(
     def update(grads, state, params=None, *, key, **extra_args):
         if params is None:
             raise ValueError("Langevin samplers need params in update(grads, state, params, key=)")
-        values = state.hyperparameters
+        values = {**state.hyperparameters, **overrides}
         drift_grads, precondition, preconditioner_state = preconditioner.update(
             grads, state.preconditioner, values
         )
@@ -361,9 +371,8 @@ def adam_sgld(
 # --------------------------------------------------------------------------------------------
 
 
-def _potential_gradient(grads, params, state):
-    r""":math:`\nabla U = n\beta\, g + \gamma (w - w^*)` with the state's nβ and γ."""
-    values = state.hyperparameters
+def _potential_gradient(grads, params, state, values):
+    r""":math:`\nabla U = n\beta\, g + \gamma (w - w^*)` with the current nβ and γ."""
     return add_localization(
         scale_by_nbeta(grads, values["nbeta"]), params, state.center, values["localization"]
     )
@@ -377,8 +386,7 @@ class SGNHTState(NamedTuple):
     thermostat: jax.Array
 
 
-def _sgnht_momentum(state, force, noise):
-    values = state.hyperparameters
+def _sgnht_momentum(state, values, force, noise):
     step_size, diffusion, thermostat = values["step_size"], values["diffusion"], state.thermostat
     return jax.tree.map(
         lambda p, f, z: p - thermostat * p * step_size - step_size * f
@@ -416,6 +424,8 @@ def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> S
         step_size=step_size, nbeta=nbeta, localization=localization, diffusion=diffusion
     )
 
+    overrides = _overrides(hyperparameters)
+
     def init(params):
         center, values, mask_floats = _initial_state(params, hyperparameters, mask)
         momentum = jax.tree.map(jnp.zeros_like, params)
@@ -423,10 +433,12 @@ def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> S
         return SGNHTState(center, values, mask_floats, momentum, thermostat)
 
     def update(grads, state, params=None, *, key, **extra_args):
-        step_size = state.hyperparameters["step_size"]
-        force = _potential_gradient(grads, params, state)
+        values = {**state.hyperparameters, **overrides}
+        step_size = values["step_size"]
+        force = _potential_gradient(grads, params, state, values)
         noise = standard_normal_like(key, params)
-        momentum = _cast_like(apply_mask(_sgnht_momentum(state, force, noise), state.mask), params)
+        momentum = _sgnht_momentum(state, values, force, noise)
+        momentum = _cast_like(apply_mask(momentum, state.mask), params)
         dimension = tree_size(params, state.mask)
         # unit temperature of the discrete dynamics: E[p^2] = 2 / (2 - friction per step)
         target = 2.0 / (2.0 - jnp.clip(step_size * state.thermostat, 0.0, 1.0))
@@ -471,13 +483,16 @@ def sghmc(step_size, nbeta, localization=1.0, *, friction=0.1, mask=None) -> Sam
         step_size=step_size, nbeta=nbeta, localization=localization, friction=friction
     )
 
+    overrides = _overrides(hyperparameters)
+
     def init(params):
         center, values, mask_floats = _initial_state(params, hyperparameters, mask)
         return SGHMCState(center, values, mask_floats, jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None, *, key, **extra_args):
-        step_size, friction = state.hyperparameters["step_size"], state.hyperparameters["friction"]
-        force = _potential_gradient(grads, params, state)
+        values = {**state.hyperparameters, **overrides}
+        step_size, friction = values["step_size"], values["friction"]
+        force = _potential_gradient(grads, params, state, values)
         noise = standard_normal_like(key, params)
         velocity = jax.tree.map(
             lambda v, f, z: (1.0 - friction) * v - step_size * f
