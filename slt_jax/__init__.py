@@ -12,6 +12,7 @@ from slt_jax import (
     diagnostics,
     evaluation,
     models,
+    plotting,
     samplers,
     truth,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "loss_kernel",
     "loss_kernel_accumulator",
     "models",
+    "plotting",
     "reference",
     "sample",
     "samplers",

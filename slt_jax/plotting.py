@@ -54,7 +54,7 @@ def _pyplot():
     """``matplotlib.pyplot``, or an ImportError that says how to install it."""
     try:
         import matplotlib.pyplot as pyplot
-    except ImportError as error:  # pragma: no cover - matplotlib is in the dev extra
+    except ImportError as error:
         raise ImportError(
             "slt_jax.plotting needs matplotlib: `pip install matplotlib` "
             "(or `pip install 'slt_jax[plot]'`)."
