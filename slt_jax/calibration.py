@@ -367,7 +367,6 @@ def _step_for(problem: _Problem, largest: float, options: dict) -> tuple[float, 
             "the loss has no positive curvature at params and localization is 0: the "
             "localized posterior is improper; pass localization > 0 or a step_size"
         )
-    options = {**options}
     step = step_size_for(
         problem.family.name, curvature, safety_factor=problem.safety_factor,
         stability=options.get("stability", 0.1), friction=options.get("friction", DEFAULT_FRICTION),

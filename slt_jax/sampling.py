@@ -542,20 +542,20 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
 
 def _controls(num_valid, steps_per_draw, record) -> _Controls:
     return _Controls(
-        jnp.asarray(num_valid, jnp.int32), jnp.asarray(steps_per_draw, jnp.int32),
-        jnp.asarray(record, bool),
+        np.asarray(num_valid, np.int32), np.asarray(steps_per_draw, np.int32),
+        np.asarray(record, bool),
     )
 
 
-def _run_phase(prepared, state, accumulator_states, count, steps_per_draw, record, meter):
-    """Run ``count`` draws of ``steps_per_draw`` steps block by block; returns the new states
-    and the stored blocks ``[(stored dict, valid draws), ...]``."""
+def _run_phase(prepared, state, accumulator_states, count, steps_per_draw, meter):
+    """Run and record ``count`` draws of ``steps_per_draw`` steps block by block; returns the
+    new states and the stored blocks ``[(stored dict, valid draws), ...]``."""
     block, blocks = prepared.program.draws_per_block, []
     while count > 0:
         valid = min(block, count)
         state, accumulator_states, stored = _run_block(
             state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
-            _controls(valid, steps_per_draw, record), program=prepared.program,
+            _controls(valid, steps_per_draw, True), program=prepared.program,
         )
         blocks.append((stored, valid))
         if not isinstance(meter, _NoProgress):
@@ -638,8 +638,7 @@ def _run(prepared: _Prepared, meter: ProgressMeter) -> Trace:
             prepared, prepared.state, prepared.accumulator_states, options.num_burnin, meter
         )
         state, accumulator_states, blocks = _run_phase(
-            prepared, state, accumulator_states, options.num_draws, options.steps_per_draw, True,
-            meter,
+            prepared, state, accumulator_states, options.num_draws, options.steps_per_draw, meter
         )
     finally:
         meter.close()

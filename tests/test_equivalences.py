@@ -4,7 +4,6 @@ These tests need no statistics: each compares two computations that must agree e
 for bit) or to float rounding, on tiny models with a handful of steps.
 """
 
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,6 @@ import optax
 import pytest
 
 import slt_jax as slt
-from slt_jax import sampling
 
 NUM_EXAMPLES = 32
 INPUT_DIMENSION = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -83,38 +83,73 @@ def estimate_llc(
         :func:`slt_jax.sample`).
     """
     start = time.perf_counter()
+    setup = _calibrated_setup(
+        loss_fn, params, data, key=key, sampler=sampler, nbeta=nbeta, localization=localization,
+        step_size=step_size, sampler_options=sampler_options, safety_factor=safety_factor,
+        num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
+        batch_size=batch_size, init_loss=init_loss,
+    )
+    run = dict(setup.lengths, steps_per_draw=steps_per_draw, progress=progress, mesh=mesh,
+               chain_axis=chain_axis, data_axis=data_axis)
+    trace, chosen, retries = _sample_with_retries(
+        loss_fn, params, data, setup.sampler, setup.sampling_key, run,
+        max_retries if setup.calibration else 0,
+    )
+    result = _warnings_at_caller(llc, trace, nbeta=setup.nbeta, init_loss=setup.init_loss)
+    hyperparameters = run_hyperparameters(
+        setup, chosen, retries, start, steps_per_draw=steps_per_draw
+    )
+    return result._replace(hyperparameters=hyperparameters)
+
+
+class CalibratedSetup(NamedTuple):
+    """What :func:`_calibrated_setup` chose for a run (shared by ``estimate_llc`` and
+    ``estimate_bif``)."""
+
+    sampler: Sampler
+    nbeta: float
+    calibration: Any
+    init_loss: float
+    sampling_key: jax.Array
+    num_examples: int
+    lengths: dict  # num_chains, num_draws, num_burnin, batch_size
+
+
+def _calibrated_setup(loss_fn, params, data, *, key, sampler, nbeta, localization, step_size,
+                      sampler_options, safety_factor, num_chains, num_draws, num_burnin,
+                      batch_size, init_loss) -> CalibratedSetup:
+    """Defaults (batch size, burn-in, L_n(w*)) and the calibrated sampler; the calibration's
+    warnings are re-issued at the caller of ``estimate_llc`` / ``estimate_bif``."""
     n = num_examples(data)
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size == "auto" else batch_size
     num_burnin = num_draws // 2 if num_burnin is None else num_burnin
     calibration_key, sampling_key = jax.random.split(key)
     if init_loss is None:
         init_loss = float(evaluate_loss(loss_fn, params, data))
-    run = dict(
-        num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-        steps_per_draw=steps_per_draw, batch_size=batch_size, progress=progress, mesh=mesh,
-        chain_axis=chain_axis, data_axis=data_axis,
-    )
     chosen, nbeta, calibration = _warnings_at_caller(
         _choose_sampler,
         loss_fn, params, data, sampler, key=calibration_key, nbeta=nbeta,
         localization=localization, step_size=step_size, sampler_options=sampler_options,
         safety_factor=safety_factor, init_loss=init_loss, num_chains=num_chains,
-        batch_size=batch_size,
+        batch_size=batch_size, stacklevel=4,
     )
-    trace, chosen, retries = _sample_with_retries(
-        loss_fn, params, data, chosen, sampling_key, run, max_retries if calibration else 0
-    )
-    result = _warnings_at_caller(llc, trace, nbeta=nbeta, init_loss=init_loss)
-    hyperparameters = {
+    lengths = dict(num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
+                   batch_size=batch_size)
+    return CalibratedSetup(chosen, nbeta, calibration, init_loss, sampling_key, n, lengths)
+
+
+def run_hyperparameters(setup: CalibratedSetup, chosen, retries, start, **extra) -> dict:
+    """Everything that produced a run, for ``result.hyperparameters``."""
+    return {
         "sampler": chosen.name,
         **{k: float(v) for k, v in chosen.hyperparameters.items()},
-        **{k: v for k, v in run.items() if k not in ("progress", "mesh", "chain_axis", "data_axis")},
-        "num_examples": n,
+        **setup.lengths,
+        **extra,
+        "num_examples": setup.num_examples,
         "step_size_halvings": retries,
-        "calibration": calibration,
+        "calibration": setup.calibration,
         "wall_time_seconds": time.perf_counter() - start,
     }
-    return result._replace(hyperparameters=hyperparameters)
 
 
 def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization, step_size,
@@ -168,14 +203,14 @@ def _sample_with_retries(loss_fn, params, data, chosen, key, run, max_retries):
         chosen = chosen.replace(**changes)
 
 
-def _warnings_at_caller(function, *args, **kwargs):
-    """``function(*args, **kwargs)`` with its warnings re-issued at the caller of
-    ``estimate_llc`` (so they point at the user's line, not inside slt_jax)."""
+def _warnings_at_caller(function, *args, stacklevel=3, **kwargs):
+    """``function(*args, **kwargs)`` with its warnings re-issued ``stacklevel`` frames up (the
+    caller of ``estimate_llc``: they point at the user's line, not inside slt_jax)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = function(*args, **kwargs)
     for warning in caught:
-        warnings.warn(warning.message, warning.category, stacklevel=3)
+        warnings.warn(warning.message, warning.category, stacklevel=stacklevel)
     return result
 
 

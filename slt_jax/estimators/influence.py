@@ -61,7 +61,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from slt_jax.accumulators import (
     Accumulator,
@@ -71,14 +70,14 @@ from slt_jax.accumulators import (
 )
 from slt_jax.calibration import DEFAULT_SAFETY_FACTOR
 from slt_jax.estimators.estimate import (
-    DEFAULT_BATCH_SIZE,
-    _choose_sampler,
+    _calibrated_setup,
     _sample_with_retries,
     _warnings_at_caller,
+    run_hyperparameters,
 )
 from slt_jax.estimators.llc import LLCResult, llc
 from slt_jax.samplers import Sampler
-from slt_jax.sampling import evaluate_loss, num_examples
+from slt_jax.sampling import num_examples
 
 PyTree = Any
 
@@ -525,40 +524,28 @@ def estimate_bif(
     start = time.perf_counter()
     _check_center(center)
     beta = None if beta is None else _check_beta(beta)
-    n = num_examples(train_data)
-    batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size == "auto" else batch_size
-    num_burnin = num_draws // 2 if num_burnin is None else num_burnin
-    calibration_key, sampling_key = jax.random.split(key)
-    init_loss = float(evaluate_loss(loss_fn, params, train_data))
-    chosen, nbeta, calibration = _warnings_at_caller(
-        _choose_sampler,
-        loss_fn, params, train_data, sampler, key=calibration_key, nbeta=nbeta,
+    setup = _calibrated_setup(
+        loss_fn, params, train_data, key=key, sampler=sampler, nbeta=nbeta,
         localization=localization, step_size=step_size, sampler_options=None,
-        safety_factor=DEFAULT_SAFETY_FACTOR, init_loss=init_loss, num_chains=num_chains,
-        batch_size=batch_size,
+        safety_factor=DEFAULT_SAFETY_FACTOR, num_chains=num_chains, num_draws=num_draws,
+        num_burnin=num_burnin, batch_size=batch_size, init_loss=None,
     )
-    beta = nbeta / n if beta is None else beta
-    lengths = dict(num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-                   batch_size=batch_size)
+    beta = setup.nbeta / setup.num_examples if beta is None else beta
     run = dict(
-        lengths, progress=progress,
+        setup.lengths, progress=progress,
         query_data={TRAIN_STREAM: train_data, QUERY_STREAM: query_data},
         accumulators={"bif": bif_accumulator(TRAIN_STREAM, QUERY_STREAM, beta=beta,
                                              normalize=normalize, center=center)},
         store=("loss", TRAIN_STREAM, QUERY_STREAM) if store_losses else ("loss",),
     )
     trace, chosen, retries = _sample_with_retries(
-        loss_fn, params, train_data, chosen, sampling_key, run, 3 if calibration else 0
+        loss_fn, params, train_data, setup.sampler, setup.sampling_key, run,
+        3 if setup.calibration else 0,
     )
-    llc_result = _warnings_at_caller(llc, trace, nbeta=nbeta, init_loss=init_loss)
-    hyperparameters = {
-        "sampler": chosen.name,
-        **{k: float(v) for k, v in chosen.hyperparameters.items()},
-        **lengths,
-        "beta": beta, "normalize": normalize, "center": center,
-        "num_examples": n, "num_query_examples": num_examples(query_data),
-        "step_size_halvings": retries, "calibration": calibration,
-        "wall_time_seconds": time.perf_counter() - start,
-    }
+    llc_result = _warnings_at_caller(llc, trace, nbeta=setup.nbeta, init_loss=setup.init_loss)
+    hyperparameters = run_hyperparameters(
+        setup, chosen, retries, start, beta=beta, normalize=normalize, center=center,
+        num_query_examples=num_examples(query_data),
+    )
     llc_result = llc_result._replace(hyperparameters=hyperparameters)
     return BIFResult(trace.accumulators["bif"], llc_result, hyperparameters, trace)
