@@ -3,6 +3,10 @@ and every error says what was expected."""
 
 from __future__ import annotations
 
+import functools
+import math
+import sys
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
@@ -27,8 +31,46 @@ def check_int(name, value, minimum):
     return int(value)
 
 
+_NNX_ADVICE = (
+    "use `loss_fn, params = slt_jax.adapters.from_nnx(model, loss)` with `loss(model, batch)` "
+    "returning per-example losses: it samples only the nnx.Param variables and keeps BatchNorm "
+    "statistics and RNG state fixed, with Dropout off and BatchNorm on its running statistics"
+)
+
+
+def check_framework_state(params: PyTree) -> None:
+    """Refuse Flax NNX state that is not a weight (BatchNorm statistics, RNG streams, ...) and
+    PRNG keys among the params: a sampler would move them as if they were weights."""
+    nnx = sys.modules.get("flax.nnx")  # not imported: params cannot hold NNX objects
+    if nnx is not None:
+        is_node = lambda x: isinstance(x, (nnx.Variable, nnx.Module))  # noqa: E731
+        flat = jax.tree_util.tree_flatten_with_path(
+            params, is_leaf=lambda x: isinstance(x, nnx.Variable)
+        )[0]
+        state = [
+            f"{type(leaf).__name__} at {jax.tree_util.keystr(path)}"
+            for path, leaf in flat
+            if is_node(leaf) and not isinstance(leaf, nnx.Param)
+        ]
+        if state:
+            listed = ", ".join(state[:6]) + (f" and {len(state) - 6} more" if len(state) > 6 else "")
+            raise TypeError(
+                f"params holds Flax NNX state that is not a weight ({listed}); a sampler would "
+                f"move it as if it were one. Pass the model through the adapter instead: "
+                f"{_NNX_ADVICE}."
+            )
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+            raise TypeError(
+                f"params leaf at {jax.tree_util.keystr(path)} is a JAX PRNG key, not a weight; "
+                "keep keys out of params (for a Flax NNX model, "
+                f"{_NNX_ADVICE})"
+            )
+
+
 def check_params(params: PyTree) -> None:
     """Parameters must be a non-empty pytree of floating-point arrays."""
+    check_framework_state(params)
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if not leaves:
         raise ValueError("params must be a non-empty pytree of float arrays, got an empty pytree")
@@ -96,6 +138,14 @@ def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: i
 
 
 def check_key(key):
+    """The key as a typed JAX PRNG key, or a ``TypeError`` that says what was expected.
+
+    Args:
+      key: a ``jax.random.key(...)`` (or a legacy ``uint32[..., 2]`` key, wrapped).
+
+    Returns:
+      a typed key array.
+    """
     if isinstance(key, (int, np.integer)):
         raise TypeError(f"key must be a JAX PRNG key such as jax.random.key(0), got the int {key}")
     if not isinstance(key, jax.Array):
@@ -195,12 +245,13 @@ def check_query_data(query_data, loss_fn, params) -> tuple:
 
 def check_stream_names(observables: tuple, query_shapes: tuple) -> tuple:
     """Stream names (``"loss"``, observables, query sets) must be distinct."""
-    names = ["loss"] + [name for name, _ in observables] + [name for name, _ in query_shapes]
+    names = (["loss", "center_loss"] + [name for name, _ in observables]
+             + [name for name, _ in query_shapes])
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(
             f"stream names must be distinct: {duplicates} is used more than once among 'loss', "
-            "the observables and the query sets"
+            "'center_loss' (both reserved), the observables and the query sets"
         )
     return tuple(names)
 
@@ -239,3 +290,248 @@ def check_store(store, streams: tuple) -> tuple:
     if unknown:
         raise ValueError(f"store names unknown stream(s) {unknown}; expected some of {list(streams)}")
     return tuple(name for name in streams if name in store)
+
+
+def check_initial_state(initial_state, fresh):
+    """``initial_state`` (a previous ``trace.state``) must match the fresh state's structure,
+    shapes and dtypes; returns it with NumPy/JAX leaves as given."""
+    if not (hasattr(initial_state, "params") and hasattr(initial_state, "sampler_state")
+            and hasattr(initial_state, "step")):
+        raise TypeError(
+            "initial_state must be the ChainState of a previous run (trace.state), got "
+            f"{type(initial_state).__name__}"
+        )
+    expected = jax.tree_util.tree_structure(fresh)
+    got = jax.tree_util.tree_structure(initial_state)
+    if expected != got:
+        raise ValueError(
+            "initial_state does not match this run: its structure differs (a different sampler, "
+            f"params pytree or chain count?).\nexpected {expected}\ngot      {got}"
+        )
+    for path, want, have in zip(
+        [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(fresh)],
+        jax.tree.leaves(fresh), jax.tree.leaves(initial_state),
+    ):
+        if np.shape(want) != np.shape(have) or _dtype(want) != _dtype(have):
+            raise ValueError(
+                f"initial_state{path} has shape {np.shape(have)} and dtype {_dtype(have)};"
+                f" this run expects {np.shape(want)} and {_dtype(want)} (same sampler, "
+                "params and num_chains as the run it continues)"
+            )
+    return initial_state
+
+
+# --------------------------------------------------------------------------------------------
+# Non-finite input at w*, and steps below the parameters' floating-point resolution
+# --------------------------------------------------------------------------------------------
+
+#: examples on which :func:`check_finite_at_center` evaluates the loss and its gradient at w*
+FINITE_CHECK_EXAMPLES = 256
+#: at most this many offending example indices are listed in an error message
+LISTED_INDICES = 10
+
+
+def _is_float(leaf) -> bool:
+    return jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+
+
+@jax.jit
+def _leaves_all_finite(leaves):
+    return [jnp.all(jnp.isfinite(leaf)) for leaf in leaves]
+
+
+def _all_finite(leaves) -> list:
+    """``[bool]``: whether each float leaf is finite. Host (NumPy) leaves are checked with
+    NumPy, device leaves with one compiled reduction (nothing but a flag comes back)."""
+    flags = [None] * len(leaves)
+    device = [i for i, leaf in enumerate(leaves) if not isinstance(leaf, (np.ndarray, np.generic))]
+    for i, leaf in enumerate(leaves):
+        if i not in device:
+            flags[i] = bool(np.all(np.isfinite(leaf)))
+    if device:
+        for i, flag in zip(device, _leaves_all_finite([leaves[i] for i in device])):
+            flags[i] = bool(flag)
+    return flags
+
+
+def _listed(indices) -> str:
+    indices = [int(i) for i in indices]
+    shown = ", ".join(str(i) for i in indices[:LISTED_INDICES])
+    return f"[{shown}{', ...' if len(indices) > LISTED_INDICES else ''}]"
+
+
+def check_finite_data(data: PyTree, what: str = "data") -> None:
+    """Every float leaf of ``data`` must be finite; the error names the leaf and the examples
+    (indices along the leading axis) holding NaN or inf."""
+    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(data)
+              if _is_float(leaf)]
+    for (path, leaf), finite in zip(leaves, _all_finite([leaf for _, leaf in leaves])):
+        if finite:
+            continue
+        if isinstance(leaf, np.ndarray):
+            rows = np.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
+        else:  # reduced on the device: only one flag per example comes back
+            rows = np.asarray(jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1))
+        bad = np.flatnonzero(~rows)
+        raise ValueError(
+            f"{what} leaf {jax.tree_util.keystr(path) or '<root>'} has non-finite values "
+            f"(nan or inf) in {bad.size} example(s): {_listed(bad)}; remove or repair those "
+            "examples (a non-finite example makes every loss and gradient that touches it nan)"
+        )
+
+
+def _check_finite_params(params: PyTree, finite_flags) -> None:
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    for (path, leaf), finite in zip(leaves, finite_flags):
+        if not finite:
+            values = np.asarray(leaf, np.float32)
+            bad = np.argwhere(~np.isfinite(values))
+            raise ValueError(
+                f"params leaf {jax.tree_util.keystr(path) or '<root>'} (w*) has non-finite "
+                f"values (nan or inf) at {len(bad)} of {values.size} element(s), e.g. index "
+                f"{tuple(int(i) for i in bad[0])}; the chains are localized at w*, so it must "
+                "be finite (check how the parameters were trained or loaded)"
+            )
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn",))
+def _center_finiteness(params, batch, *, loss_fn):
+    """Per-example finiteness of the losses at w* and per-leaf finiteness of the gradient of
+    their mean."""
+    def mean_loss(p):
+        losses = loss_fn.value(p, batch)
+        return jnp.mean(losses), losses
+
+    (_, losses), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+    per_example = jnp.all(jnp.isfinite(losses.reshape(losses.shape[0], -1)), axis=1)
+    return per_example, [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+
+
+def check_finite_at_center(loss_fn: Callable, params: PyTree, data: PyTree,
+                           query_data: Mapping | None = None) -> None:
+    """Raise a ``ValueError`` naming what is non-finite, and where, before anything is sampled.
+
+    Checked in order: the parameters ``w*`` (every element), the data and query sets (every
+    float leaf and example: NumPy on the host for host arrays, one compiled reduction for
+    device arrays, so a device data set is read once and never copied to the host), then the
+    per-example losses and the gradient of their mean at ``w*`` on the first
+    ``FINITE_CHECK_EXAMPLES`` examples (one small compiled evaluation, no full pass over the
+    data; :func:`slt_jax.estimators.estimate.estimate_llc` checks the losses of all examples
+    when it computes :math:`L_n(w^*)`).
+    """
+    from slt_jax._structural import StructuralKey
+
+    param_leaves = jax.tree.leaves(params)
+    _check_finite_params(params, _all_finite(param_leaves))
+    check_finite_data(data)
+    for name, query in dict(query_data or {}).items():
+        check_finite_data(query, f"query_data[{name!r}]")
+    size = min(num_examples(data), FINITE_CHECK_EXAMPLES)
+    batch = jax.tree.map(lambda x: x[:size], data)
+    per_example, gradient_finite = _center_finiteness(
+        params, batch, loss_fn=StructuralKey(loss_fn)
+    )
+    raise_for_nonfinite_losses(np.flatnonzero(~np.asarray(per_example)))
+    paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    bad_leaves = [jax.tree_util.keystr(path) or "<root>"
+                  for path, finite in zip(paths, gradient_finite) if not bool(finite)]
+    if bad_leaves:
+        raise ValueError(
+            f"the gradient of the loss at w* is non-finite in params leaf {bad_leaves[0]}"
+            + (f" (and {bad_leaves[1:]})" if len(bad_leaves) > 1 else "")
+            + f", although the losses of the first {size} examples are finite there (e.g. "
+            "sqrt, log or a norm evaluated at 0, or the gradient of jnp.where through a nan "
+            "branch); the sampler follows this gradient, so make loss_fn differentiable at w*"
+        )
+
+
+def raise_for_nonfinite_losses(bad_examples, count: int | None = None) -> None:
+    """The error for per-example losses at w* that are nan/inf at ``bad_examples``."""
+    if len(bad_examples) == 0:
+        return
+    count = len(bad_examples) if count is None else count
+    raise ValueError(
+        f"loss_fn(params, batch) at w* is non-finite for {count} example(s): "
+        f"{_listed(bad_examples)} (data there is finite); the sampler would see nan losses "
+        "and gradients whenever a minibatch contains them. Fix loss_fn (e.g. clip the argument "
+        "of a log) or remove those examples"
+    )
+
+
+# per-step displacement of a coordinate at stationarity, by sampler: (expression, function)
+_STEP_DISPLACEMENTS = {
+    "sgld": ("sqrt(ε)", lambda h: math.sqrt(h["step_size"] * h.get("temperature", 1.0))),
+    "rmsprop_sgld": ("sqrt(ε/stability)", lambda h: math.sqrt(h["step_size"] / h["stability"])),
+    "adam_sgld": ("sqrt(ε/stability)", lambda h: math.sqrt(h["step_size"] / h["stability"])),
+    "sghmc": ("sqrt(ε)", lambda h: math.sqrt(h["step_size"])),
+    "sgnht": ("ε·|p| with |p|~1", lambda h: h["step_size"]),
+}
+#: warn when at least this fraction of the coordinates would round the typical step to zero
+LOST_STEP_FRACTION = 0.1
+
+
+@jax.jit
+def _lost_step_summary(params, displacement):
+    """Per leaf: how many coordinates have ``displacement < spacing(w)/2`` (so an update of
+    that size rounds to zero in the leaf's dtype), the RMS of ``w`` and the typical spacing."""
+    def one(leaf):
+        magnitude = jnp.abs(leaf)
+        spacing = (jnp.nextafter(magnitude, jnp.full_like(magnitude, jnp.inf)) - magnitude)
+        lost = jnp.sum(displacement < spacing.astype(jnp.float32) / 2)
+        rms = jnp.sqrt(jnp.mean(jnp.square(leaf.astype(jnp.float32))))
+        typical = rms.astype(leaf.dtype)
+        spacing_at_rms = jnp.nextafter(typical, jnp.full_like(typical, jnp.inf)) - typical
+        return lost, rms, spacing_at_rms.astype(jnp.float32)
+
+    return [one(leaf) for leaf in jax.tree.leaves(params)]
+
+
+def warn_if_step_below_resolution(params: PyTree, sampler_name, hyperparameters: dict,
+                                  stacklevel: int = 3) -> None:
+    r"""Warn when the sampler's typical per-step displacement is below the parameters'
+    floating-point resolution, so that most updates round to zero and the chains do not move.
+
+    Criterion (ours): an update :math:`\delta` added to :math:`w` in a floating-point type is
+    lost when :math:`|\delta| < \operatorname{spacing}(w)/2` (round to nearest). At
+    stationarity the noise dominates each step (the drift :math:`\tfrac\epsilon2\nabla U` is
+    about :math:`\sqrt{\epsilon\lambda}/2 < 1` times the noise for a stable step), so the
+    displacement compared is the noise scale: :math:`\sqrt{\epsilon T}` for SGLD,
+    :math:`\sqrt{\epsilon/a}` (the largest) for RMSProp/Adam-SGLD, :math:`\sqrt\epsilon` for
+    SGHMC (its stationary velocity), :math:`\epsilon` for SGNHT (:math:`|p| \approx 1`); an
+    unnamed sampler with a ``step_size`` is taken as Langevin (:math:`\sqrt\epsilon`). The
+    warning fires when at least ``LOST_STEP_FRACTION`` of the coordinates of :math:`w^*`
+    would lose it.
+    """
+    expression, rule = _STEP_DISPLACEMENTS.get(
+        sampler_name, ("sqrt(ε)", lambda h: math.sqrt(h["step_size"]))
+    )
+    try:
+        displacement = float(rule(hyperparameters))
+    except (KeyError, TypeError, ValueError):
+        return  # a sampler we cannot read: no claim
+    if not displacement > 0 or not math.isfinite(displacement):
+        return
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    summary = _lost_step_summary([leaf for _, leaf in leaves], np.float32(displacement))
+    lost = np.array([int(s[0]) for s in summary])
+    total = sum(int(np.size(leaf)) for _, leaf in leaves)
+    if lost.sum() < LOST_STEP_FRACTION * total:
+        return
+    worst = int(np.argmax(lost / np.maximum([np.size(leaf) for _, leaf in leaves], 1)))
+    path, leaf = leaves[worst]
+    dtype = jnp.result_type(leaf)
+    step_size = hyperparameters.get("step_size")
+    warnings.warn(
+        f"step_size {step_size:g} gives a per-step displacement {expression}="
+        f"{displacement:.0e}, below half the {dtype} resolution of the parameters on "
+        f"{100 * lost.sum() / total:.0f}% of the coordinates (e.g. params leaf "
+        f"{jax.tree_util.keystr(path) or '<root>'} at |w|~{float(summary[worst][1]):.2g}, "
+        f"where the {dtype} spacing is {float(summary[worst][2]):.1e}): those updates round "
+        "to zero and the chains do not move; use float32 params or a larger step size",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _dtype(leaf):
+    return np.dtype(getattr(leaf, "dtype", None) or np.result_type(leaf))

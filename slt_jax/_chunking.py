@@ -67,3 +67,19 @@ def mean_loss_in_chunks(loss_fn: Callable, params: PyTree, data: PyTree, chunk_s
 
     totals, counts = map_chunks(sums, data, chunk_size)
     return jnp.sum(totals) / jnp.sum(counts)
+
+
+def mean_loss_and_finite_in_chunks(loss_fn: Callable, params: PyTree, data: PyTree,
+                                   chunk_size: int):
+    """:math:`L_n(w)` as :func:`mean_loss_in_chunks` and, from the same pass, an ``(n,)``
+    boolean mask of the examples whose losses are all finite."""
+
+    def sums(batch, valid):
+        losses = loss_fn(params, batch)
+        finite = jnp.all(jnp.isfinite(losses.reshape(losses.shape[0], -1)), axis=1)
+        weights = valid.reshape((-1,) + (1,) * (losses.ndim - 1)).astype(losses.dtype)
+        weights = jnp.broadcast_to(weights, losses.shape)
+        return jnp.sum(losses * weights), jnp.sum(weights), finite | ~valid
+
+    totals, counts, finite = map_chunks(sums, data, chunk_size)
+    return jnp.sum(totals) / jnp.sum(counts), finite.reshape(-1)[: leading_size(data)]

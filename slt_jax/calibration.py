@@ -31,6 +31,7 @@ on the stiffest direction:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -42,10 +43,22 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_jax._chunking import map_chunks
-from slt_jax.samplers import SAMPLER_FAMILIES, SamplerFamily
+from slt_jax.samplers import SAMPLER_FAMILIES, SamplerFamily, mask_as_floats
 from slt_jax.sampling import check_loss_fn, check_params, evaluate_loss, num_examples, sample
+from slt_jax.sampling import _progress_meter
 
 PyTree = Any
+
+__all__ = [
+    "Calibration",
+    "calibrate_step_size",
+    "gradient_noise_bias",
+    "gradient_noise_heating",
+    "sampler_family",
+    "sampler_options_for",
+    "step_size_for",
+    "top_hessian_eigenvalue",
+]
 
 DEFAULT_SAFETY_FACTOR = 0.1
 DEFAULT_FRICTION = 0.1
@@ -129,14 +142,17 @@ def _gather(data, indices):
     return jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
 
 
-def _power_iteration(params, data, key, *, loss_fn, num_iterations, chunk_size):
+def _power_iteration(params, data, key, flat_mask=None, *, loss_fn, num_iterations, chunk_size):
+    """Power iteration on the Hessian restricted to the sampled coordinates: with a mask
+    :math:`M` (0/1, flat) it iterates :math:`M H M`, the curvature the masked sampler sees."""
     flat, unravel = ravel_pytree(params)
     gradient = _flat_mean_gradient(loss_fn, unravel, data, chunk_size)
+    restrict = (lambda v: v) if flat_mask is None else (lambda v: flat_mask * v)
 
     def hessian_vector_product(vector):
-        return jax.jvp(gradient, (flat,), (vector,))[1]
+        return restrict(jax.jvp(gradient, (flat,), (restrict(vector),))[1])
 
-    vector = jax.random.normal(key, flat.shape, flat.dtype)
+    vector = restrict(jax.random.normal(key, flat.shape, flat.dtype))
     vector = vector / jnp.linalg.norm(vector)
 
     def body(_, carry):
@@ -162,8 +178,12 @@ def top_hessian_eigenvalue(
     num_iterations: int = 50,
     max_examples: int = 4096,
     chunk_size: int = 1024,
+    mask: PyTree | None = None,
 ) -> float:
     r"""Largest eigenvalue of the Hessian of :math:`L_n` at ``params`` by power iteration.
+
+    With a ``mask`` (:mod:`slt_jax.masks`), of the Hessian restricted to the masked-in
+    coordinates (:math:`M H M`): the curvature a sampler with that mask sees.
 
     Hessian-vector products are forward-over-reverse (``jax.jvp`` of ``jax.grad``) on the mean
     loss over ``max_examples`` randomly chosen examples (all of them if ``n`` is smaller),
@@ -177,9 +197,22 @@ def top_hessian_eigenvalue(
     check_loss_fn(loss_fn, params, data, chunk_size)
     eigenvalues = _top_eigenvalues_at(
         jax.tree.map(lambda x: jnp.asarray(x)[None], params), data, indices, vector_key,
+        _sampled_coordinates(params, mask)[1],
         loss_fn=loss_fn, num_iterations=num_iterations, chunk_size=chunk_size,
     )
     return float(np.asarray(eigenvalues)[0])
+
+
+def _sampled_coordinates(params, mask):
+    """The mask of the sampled coordinates (the user's, less any
+    :class:`slt_jax.adapters.Frozen` leaf) and the same as a flat 0/1 array (``None``: all)."""
+    from slt_jax.masks import trainable
+
+    mask = trainable(params, mask)
+    if mask is None:
+        return None, None
+    floats = jax.tree.leaves(mask_as_floats(mask, params))  # ravel_pytree's order, on the host
+    return mask, np.concatenate([np.ravel(np.asarray(x)) for x in floats])
 
 
 def step_size_for(
@@ -224,7 +257,8 @@ def _subset_indices(n: int, key, max_examples: int) -> np.ndarray | None:
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_iterations", "chunk_size"))
-def _top_eigenvalues_at(chain_params, data, indices, key, *, loss_fn, num_iterations, chunk_size):
+def _top_eigenvalues_at(chain_params, data, indices, key, flat_mask=None, *, loss_fn,
+                        num_iterations, chunk_size):
     """λ_max(H) at each of a batch of parameter points (leading axis = chains), each from its
     own random start vector, on the examples ``indices`` of ``data``."""
     data = _gather(data, indices)
@@ -232,7 +266,7 @@ def _top_eigenvalues_at(chain_params, data, indices, key, *, loss_fn, num_iterat
         _power_iteration, loss_fn=loss_fn, num_iterations=num_iterations, chunk_size=chunk_size
     )
     keys = jax.random.split(key, jax.tree.leaves(chain_params)[0].shape[0])
-    return jax.vmap(power, in_axes=(0, None, 0))(chain_params, data, keys)
+    return jax.vmap(power, in_axes=(0, None, 0, None))(chain_params, data, keys, flat_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
@@ -241,7 +275,7 @@ def _gradient_variance_sum(params, data, *, loss_fn, chunk_size):
     return _gradient_variance(params, data, loss_fn=loss_fn, chunk_size=chunk_size)
 
 
-def _gradient_variance(params, data, *, loss_fn, chunk_size):
+def _gradient_variance(params, data, flat_mask=None, *, loss_fn, chunk_size):
     r""":math:`\operatorname{tr} V = \sum_j \operatorname{Var}_i[\partial_j \ell_i(w)]` over ``data``.
 
     One pass over per-example gradients, shifted by the batch gradient for numerical accuracy:
@@ -255,9 +289,10 @@ def _gradient_variance(params, data, *, loss_fn, chunk_size):
         return losses.reshape(losses.shape[0], -1).mean(axis=1)
 
     shift = jax.grad(lambda p: per_example_losses(p, data).mean())(flat)
+    weights = 1.0 if flat_mask is None else flat_mask[None, :]  # sampled coordinates only
 
     def chunk_sums(batch, valid):
-        gradients = jax.jacrev(per_example_losses)(flat, batch) - shift[None, :]
+        gradients = (jax.jacrev(per_example_losses)(flat, batch) - shift[None, :]) * weights
         gradients = jnp.where(valid[:, None], gradients, 0.0)
         return jnp.sum(jnp.square(gradients)), jnp.sum(gradients, axis=0)
 
@@ -345,6 +380,9 @@ class _Problem(NamedTuple):
     num_chains: int
     batch_size: int | None
     num_iterations: int
+    progress: Any = False  # sample()'s progress argument: True, False or a ProgressMeter
+    mask: Any = None  # the sampled coordinates (pilots' sampler mask), None: all
+    flat_mask: Any = None  # the same as a flat 0/1 array for the Hessian (None: all)
 
 
 class _Search(NamedTuple):
@@ -377,7 +415,8 @@ def _step_for(problem: _Problem, largest: float, options: dict) -> tuple[float, 
 def _pilot_sampler(problem: _Problem, step_size: float, options: dict):
     family = problem.family
     return family.factory(
-        step_size, problem.nbeta, problem.localization, **family.calibrated_options(step_size, options)
+        step_size, problem.nbeta, problem.localization, mask=problem.mask,
+        **family.calibrated_options(step_size, options),
     )
 
 
@@ -390,11 +429,13 @@ def _curvature_at_center(problem: _Problem, key) -> float:
 
 
 def _max_eigenvalue(problem: _Problem, chain_params, key) -> float:
-    eigenvalues = _top_eigenvalues_at(
-        chain_params, problem.data, problem.subset, key, loss_fn=problem.loss_fn,
-        num_iterations=problem.num_iterations, chunk_size=problem.chunk_size,
-    )
-    return float(np.max(np.asarray(eigenvalues)))
+    with _shown(problem.progress, "calibrating: top Hessian eigenvalue"):
+        eigenvalues = _top_eigenvalues_at(
+            chain_params, problem.data, problem.subset, key, problem.flat_mask,
+            loss_fn=problem.loss_fn,
+            num_iterations=problem.num_iterations, chunk_size=problem.chunk_size,
+        )
+        return float(np.max(np.asarray(eigenvalues)))
 
 
 def _run_pilot(problem: _Problem, search: _Search, key, pilot_steps: int):
@@ -405,7 +446,46 @@ def _run_pilot(problem: _Problem, search: _Search, key, pilot_steps: int):
         _pilot_sampler(problem, search.step_size, search.options), key=key,
         num_chains=problem.num_chains, num_draws=pilot_draws,
         num_burnin=pilot_steps - pilot_draws, batch_size=problem.batch_size,
+        progress=_labelled(problem.progress, f"calibrating (pilot {len(search.rounds)})"),
     )
+
+
+class _Labelled:
+    """A progress meter shown under a fixed description (the calibration's steps)."""
+
+    def __init__(self, meter, description):
+        self.meter, self.description = meter, description
+
+    def start(self, total_steps, description):
+        self.meter.start(total_steps, self.description)
+
+    def update(self, steps, phase):
+        self.meter.update(steps, phase)
+
+    def close(self):
+        self.meter.close()
+
+
+def _labelled(progress, description):
+    """``sample``'s ``progress`` argument shown under ``description`` (``False`` when off)."""
+    return _Labelled(_progress_meter(progress), description) if progress else False
+
+
+@contextlib.contextmanager
+def _shown(progress, description):
+    """One calibration step outside ``sample`` (power iteration, gradient noise) as a
+    one-step bar: "compiling / running" until the block inside has finished."""
+    meter = _labelled(progress, description)
+    if not meter:
+        yield
+        return
+    meter.start(1, description)
+    meter.update(0, "compiling / running")
+    try:
+        yield
+        meter.update(1, "done")
+    finally:
+        meter.close()
 
 
 def _measure_pilot_end(problem: _Problem, search: _Search, trace, key, pilot_steps) -> tuple:
@@ -423,9 +503,18 @@ def _measure_pilot_end(problem: _Problem, search: _Search, trace, key, pilot_ste
     ))
     new = search._replace(
         largest=largest, step_size=step, max_curvature=curvature, pilot_step=search.step_size,
-        pilot_losses=trace.loss, endpoints=trace.final_params,
+        pilot_losses=_paired_losses(trace), endpoints=trace.final_params,
     )
     return new, grown
+
+
+def _paired_losses(trace):
+    """``L_B(w_t) − L_B(w*) `` per draw, or ``L_B(w_t)`` when the trace has no center loss
+    (then ``_pilot_llc`` subtracts :math:`L_n(w^*)`)."""
+    losses = np.asarray(trace.loss, np.float64)
+    if trace.center_loss is None:
+        return losses, False
+    return losses - np.asarray(trace.center_loss, np.float64), True
 
 
 def _pilot_rounds(problem, search, key, pilot_steps, max_pilot_rounds, max_pilot_halvings):
@@ -459,7 +548,8 @@ def _pilot_rounds(problem, search, key, pilot_steps, max_pilot_rounds, max_pilot
 
 def _pilot_llc(problem, search, heating_at, init_loss) -> float | None:
     """The pilots' LLC less their own predicted heating (``None`` when not usable)."""
-    measured = problem.nbeta * (float(np.mean(np.asarray(search.pilot_losses, np.float64))) - float(init_loss))
+    losses, paired = search.pilot_losses
+    measured = problem.nbeta * (float(np.mean(losses)) - (0.0 if paired else float(init_loss)))
     pilot_heating = heating_at(search.pilot_step, search.options) or 0.0
     corrected = measured - pilot_heating
     if measured <= 0:
@@ -503,10 +593,11 @@ def _gradient_noise_control(problem, search, key, tune_friction, tolerance, nois
     examples = np.arange(num_examples(problem.data)) if problem.subset is None else problem.subset
     picked = _subset_indices(examples.size, key, noise_examples)
     indices = examples if picked is None else examples[picked]
-    variance = float(_mean_gradient_variance(
-        search.endpoints, problem.data, indices, loss_fn=problem.loss_fn,
-        chunk_size=min(32, indices.size),
-    ))
+    with _shown(problem.progress, "calibrating: gradient noise"):
+        variance = float(_mean_gradient_variance(
+            search.endpoints, problem.data, indices, problem.flat_mask, loss_fn=problem.loss_fn,
+            chunk_size=min(32, indices.size),
+        ))
 
     def heating_at(step, options):
         return gradient_noise_heating(
@@ -560,6 +651,8 @@ def calibrate_step_size(
     num_iterations: int = 30,
     max_examples: int = 4096,
     init_loss: float | None = None,
+    progress: bool | Any = False,
+    mask: PyTree | None = None,
 ) -> Calibration:
     r"""Choose a step size from the curvature :math:`\lambda_{max}(n\beta H + \gamma I)`.
 
@@ -589,6 +682,32 @@ def calibrate_step_size(
     8-15% at friction 0.1 and batch 500; the calibration chose friction 0.46 and gave −0.1%.
     Everything a rule needs to know about the sampler comes from its
     :class:`~slt_jax.samplers.SamplerFamily` record.
+
+    With a ``mask`` (the weight-refined LLC; :mod:`slt_jax.masks`), everything is measured in
+    the sampled subspace only: the power iteration runs on :math:`M H M`, the pilots sample with
+    the mask and the gradient noise counts the sampled coordinates (frozen ones cannot heat).
+    :class:`slt_jax.adapters.Frozen` leaves of ``params`` are always frozen.
+
+    Args:
+      loss_fn, params, data: as in :func:`slt_jax.sample` (per-example losses).
+      key: a ``jax.random.key`` for the power iterations, pilots and subsets.
+      nbeta, localization: :math:`n\beta` and :math:`\gamma` of the run to calibrate for.
+      sampler_name: the sampler family (``"sgld"``, ``"sghmc"``, ...).
+      safety_factor: :math:`\kappa` in :math:`\epsilon = \kappa/\lambda_{max}`.
+      stability, friction: the family's options (``friction=None``: tuned for SGHMC).
+      noise_tolerance: largest predicted relative LLC bias from gradient noise.
+      noise_examples: examples on which the per-example gradient variance is measured.
+      pilot_steps, max_pilot_rounds, max_pilot_halvings: the pilot search (see above).
+      num_chains, batch_size: those of the run (the pilots use the same program).
+      num_iterations, max_examples: power iterations, and examples they use at most.
+      init_loss: :math:`L_n(w^*)` (computed if ``None``).
+      progress: ``True`` or a :class:`~slt_jax.sampling.ProgressMeter` to show each step
+        (curvature, each pilot with its "compiling" phase, gradient noise) as a bar.
+      mask: optional weight mask (see above).
+
+    Returns:
+      a :class:`Calibration`: ``step_size``, ``options`` (e.g. the friction), the rounds and
+      the evidence (``.table()``, ``.summary()``).
     """
     family = sampler_family(sampler_name)
     check_params(params)
@@ -596,8 +715,10 @@ def calibrate_step_size(
     subset = _subset_indices(num_examples(data), subset_key, max_examples)
     chunk_size = min(1024, num_examples(data), max_examples)
     check_loss_fn(loss_fn, params, data, chunk_size)
+    mask, flat_mask = _sampled_coordinates(params, mask)
     problem = _Problem(loss_fn, params, data, subset, chunk_size, family, nbeta, localization,
-                       safety_factor, num_chains, batch_size, num_iterations)
+                       safety_factor, num_chains, batch_size, num_iterations, progress, mask,
+                       flat_mask)
     options = {**family.calibration_defaults, "stability": stability}
     if friction is not None:
         options["friction"] = float(friction)
@@ -628,9 +749,9 @@ def calibrate_step_size(
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
-def _mean_gradient_variance(chain_params, data, indices, *, loss_fn, chunk_size):
+def _mean_gradient_variance(chain_params, data, indices, flat_mask=None, *, loss_fn, chunk_size):
     """``tr V`` (:func:`_gradient_variance`) averaged over a batch of chain positions, on the
     examples ``indices`` of ``data``."""
     data = _gather(data, indices)
     variance = functools.partial(_gradient_variance, loss_fn=loss_fn, chunk_size=chunk_size)
-    return jnp.mean(jax.lax.map(lambda p: variance(p, data), chain_params))
+    return jnp.mean(jax.lax.map(lambda p: variance(p, data, flat_mask), chain_params))

@@ -42,11 +42,22 @@ from slt_jax._checks import (
     check_observables,
     check_params,
     check_query_data,
+    check_initial_state,
     check_store,
     check_stream_names,
     num_examples,
 )
-from slt_jax._chunking import losses_in_chunks, mean_loss_in_chunks
+from slt_jax._checks import (
+    LISTED_INDICES,
+    check_finite_at_center,
+    raise_for_nonfinite_losses,
+    warn_if_step_below_resolution,
+)
+from slt_jax._chunking import (
+    losses_in_chunks,
+    mean_loss_and_finite_in_chunks,
+    mean_loss_in_chunks,
+)
 from slt_jax._structural import StructuralKey
 
 PyTree = Any
@@ -110,7 +121,14 @@ class Trace(NamedTuple):
       accumulators: ``{name: result}``, each accumulator's ``finalize`` of its state.
       state: the final :class:`ChainState`.
       hyperparameters: the sampler's numeric hyperparameters at the start of the run (read
-        from its state), e.g. ``{"step_size": ..., "nbeta": ..., "localization": ...}``.
+        from its state), e.g. ``{"step_size": ..., "nbeta": ..., "localization": ...}``, and
+        the run's ``num_burnin`` and ``steps_per_draw`` (so the draws can be placed on a step
+        axis).
+      center_loss: ``(num_chains, num_draws)`` the same minibatch's mean loss at the center
+        :math:`w^*` (the ``params`` passed to :func:`sample`), so that
+        ``loss - center_loss`` is the paired estimate of :math:`L_n(w_t) - L_n(w^*)`: it has
+        the same expectation (the minibatch is drawn uniformly, independently of
+        :math:`w_t`), but the minibatch-to-minibatch noise cancels instead of being averaged.
     """
 
     loss: jax.Array | None
@@ -122,6 +140,7 @@ class Trace(NamedTuple):
     accumulators: dict = {}
     state: ChainState | None = None
     hyperparameters: dict = {}
+    center_loss: jax.Array | None = None
 
     @property
     def num_chains(self) -> int:
@@ -279,14 +298,29 @@ def _constrain(tree, program: _Program, *axes):
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
-def _make_step(program: _Program, data, chain_keys):
-    """One step of every chain: ``ChainState -> (ChainState, losses (num_chains,))``.
+def _make_step(program: _Program, data, chain_keys, center):
+    """One step of every chain:
+    ``(ChainState, at_center) -> (ChainState, losses (num_chains,), center losses (num_chains,))``.
 
     The minibatch gather runs over all chains at once, producing a ``(chains, b, ...)`` batch
-    that can be sharded over chains and, for data parallelism, over its example axis.
+    that can be sharded over chains and, for data parallelism, over its example axis. When
+    ``at_center`` (a traced bool) is true the same minibatch is also evaluated at the center
+    :math:`w^*` (one extra forward pass), for the paired LLC estimator
+    :math:`n\beta(L_B(w_t) - L_B(w^*))`; otherwise the center losses are zeros.
     """
     loss_fn, update = program.loss_fn.value, program.update.value
-    value_and_grad = jax.value_and_grad(lambda params, batch: jnp.mean(loss_fn(params, batch)))
+    mean_loss = lambda params, batch: jnp.mean(loss_fn(params, batch))  # noqa: E731
+    value_and_grad = jax.value_and_grad(mean_loss)
+    float_type = jnp.result_type(float)
+
+    def center_losses(at_center, batch, batched):
+        def evaluate(batch):
+            if batched:  # one minibatch per chain
+                return jax.vmap(mean_loss, in_axes=(None, 0))(center, batch).astype(float_type)
+            return jnp.full(chain_keys.shape[:1], mean_loss(center, batch), float_type)
+
+        zeros = lambda batch: jnp.zeros(chain_keys.shape[:1], float_type)  # noqa: E731
+        return jax.lax.cond(at_center, evaluate, zeros, batch)
 
     def minibatch(step_keys):
         indices = jax.vmap(
@@ -296,14 +330,17 @@ def _make_step(program: _Program, data, chain_keys):
         batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
         return _constrain(batch, program, program.chain_axis, program.data_axis)
 
-    def step_all_chains(state: ChainState):
+    def step_all_chains(state: ChainState, at_center):
         keys = jax.vmap(lambda key: jax.random.split(jax.random.fold_in(key, state.step)))(
             chain_keys
         )
         if program.batch_size is None:
             loss, grads = jax.vmap(value_and_grad, in_axes=(0, None))(state.params, data)
+            at_w_star = center_losses(at_center, data, False)
         else:
-            loss, grads = jax.vmap(value_and_grad)(state.params, minibatch(keys[:, 0]))
+            batch = minibatch(keys[:, 0])
+            loss, grads = jax.vmap(value_and_grad)(state.params, batch)
+            at_w_star = center_losses(at_center, batch, True)
         updates, sampler_state = jax.vmap(
             lambda g, s, p, k: update(g, s, p, key=k)
         )(grads, state.sampler_state, state.params, keys[:, 1])
@@ -314,7 +351,7 @@ def _make_step(program: _Program, data, chain_keys):
             program.chain_axis,
         )
         new_state = ChainState(params, sampler_state, state.step + 1, first)
-        return new_state, loss.astype(jnp.result_type(float))
+        return new_state, loss.astype(float_type), at_w_star
 
     return step_all_chains
 
@@ -334,25 +371,28 @@ def _make_observer(program: _Program, query_data):
     return jax.vmap(observe_one_chain)
 
 
-def _advance(step_all_chains, state: ChainState, num_steps):
-    """``num_steps`` steps (a traced count); returns the state and the first step's losses."""
+def _advance(step_all_chains, state: ChainState, num_steps, record):
+    """``num_steps`` steps (a traced count); returns the state and the first step's losses
+    at the chains and (when ``record``) at the center on the same minibatch."""
 
     def body(index, carry):
-        state, first_loss = carry
-        state, loss = step_all_chains(state)
-        return state, jnp.where(index == 0, loss, first_loss)
+        state, first_loss, first_center = carry
+        state, loss, center_loss = step_all_chains(state, record & (index == 0))
+        first = index == 0
+        return (state, jnp.where(first, loss, first_loss),
+                jnp.where(first, center_loss, first_center))
 
     zeros = jnp.zeros(state.first_nonfinite_step.shape, jnp.result_type(float))
-    return jax.lax.fori_loop(0, num_steps, body, (state, zeros))
+    return jax.lax.fori_loop(0, num_steps, body, (state, zeros, zeros))
 
 
 def _zeros_like_shapes(shapes):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _scan_draws(program, state, data, query_data, chain_keys, controls):
+def _scan_draws(program, state, data, query_data, chain_keys, center, controls):
     """The block's draws: ``(state, records {stream: (draws, chains, ...)}, weights (draws, chains))``."""
-    step_all_chains = _make_step(program, data, chain_keys)
+    step_all_chains = _make_step(program, data, chain_keys, center)
     observe = _make_observer(program, query_data)
     observed_shapes = jax.eval_shape(observe, state.params)
 
@@ -362,14 +402,15 @@ def _scan_draws(program, state, data, query_data, chain_keys, controls):
             active & controls.record, observe,
             lambda params: _zeros_like_shapes(observed_shapes), state.params,
         )
-        state, loss = jax.lax.cond(
+        zeros = jnp.zeros(state.first_nonfinite_step.shape, jnp.result_type(float))
+        state, loss, center_loss = jax.lax.cond(
             active,
-            lambda s: _advance(step_all_chains, s, controls.steps_per_draw),
-            lambda s: (s, jnp.zeros(s.first_nonfinite_step.shape, jnp.result_type(float))),
+            lambda s: _advance(step_all_chains, s, controls.steps_per_draw, controls.record),
+            lambda s: (s, zeros, zeros),
             state,
         )
         healthy = active & controls.record & (state.first_nonfinite_step < 0)
-        return state, ({"loss": loss, **observed}, healthy)
+        return state, ({"loss": loss, "center_loss": center_loss, **observed}, healthy)
 
     return jax.lax.scan(draw, state, jnp.arange(program.draws_per_block))
 
@@ -396,11 +437,14 @@ def _update_accumulators(program, accumulator_states, records, weights, record):
 
 
 @functools.partial(jax.jit, static_argnames=("program",))
-def _run_block(state, accumulator_states, data, query_data, chain_keys, controls, *, program):
+def _run_block(state, accumulator_states, data, query_data, chain_keys, center, controls, *,
+               program):
     """One block of ``draws_per_block`` draws: ``(state, accumulator states, stored streams)``."""
     if program.batch_size is None and program.data_axis is not None:
         data = _constrain(data, program, program.data_axis)
-    state, (records, healthy) = _scan_draws(program, state, data, query_data, chain_keys, controls)
+    state, (records, healthy) = _scan_draws(
+        program, state, data, query_data, chain_keys, center, controls
+    )
     # scan stacks draws first: (draws, chains, ...) -> (chains, draws, ...)
     records = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)
     weights = jnp.swapaxes(healthy, 0, 1).astype(jnp.result_type(float))
@@ -427,6 +471,7 @@ class _Prepared(NamedTuple):
     chain_keys: jax.Array
     hyperparameters: dict
     accumulators: tuple  # ((name, Accumulator), ...), for finalize
+    center: PyTree = None  # w*, where the paired estimator evaluates each minibatch
 
 
 def _check_sampler(sampler):
@@ -440,7 +485,8 @@ def _check_sampler(sampler):
 def _stream_shapes(options, loss_fn, params, observables, query_data):
     """Per-draw shapes ``{stream: ShapeDtypeStruct((num_chains, *event))}``."""
     chains = options.num_chains
-    shapes = {"loss": jax.ShapeDtypeStruct((chains,), jnp.result_type(float))}
+    scalar = jax.ShapeDtypeStruct((chains,), jnp.result_type(float))
+    shapes = {"loss": scalar, "center_loss": scalar}
     for name, fn in observables:
         out = jax.eval_shape(fn, params)
         shapes[name] = jax.tree.map(
@@ -496,7 +542,7 @@ def recorded_hyperparameters(sampler_state) -> dict:
 
 
 def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
-             query_data=None, accumulators=None) -> _Prepared:
+             query_data=None, accumulators=None, initial_state=None) -> _Prepared:
     """Validate everything (before any compilation) and build the program's arguments."""
     _check_sampler(sampler)
     check_params(params)
@@ -508,7 +554,10 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
     streams = check_stream_names(observable_items, query_shapes)
     accumulator_items = check_accumulators(accumulators, streams)
     stored = check_store(options.store, streams)
+    if "loss" in stored and "center_loss" not in stored:
+        stored = tuple(name for name in streams if name in stored or name == "center_loss")
     keys = make_chain_keys(key, options.num_chains)
+    check_finite_at_center(loss_fn, params, data, query_data)
     shapes = _stream_shapes(options, loss_fn, params, observable_items, dict(query_data or {}))
     block = _draws_per_block(options, {name: shapes[name] for name in streams})
     program = _Program(
@@ -524,14 +573,21 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
         chain_axis=options.chain_axis, data_axis=options.data_axis,
     )
     sampler_state = sampler.init(params)
+    warn_if_step_below_resolution(
+        params, getattr(sampler, "name", None), recorded_hyperparameters(sampler_state),
+        stacklevel=4,
+    )
     state = _initial_chain_state(sampler_state, params, options)
+    if initial_state is not None:
+        state = check_initial_state(initial_state, state)
+        sampler_state = jax.tree.map(lambda x: np.asarray(x)[0], state.sampler_state)
     accumulator_states = {
         name: accumulator.init({stream: shapes[stream] for stream in accumulator.streams})
         for name, accumulator in accumulator_items
     }
     return _Prepared(
         program, options, state, accumulator_states, data, dict(query_data or {}), keys,
-        recorded_hyperparameters(sampler_state), accumulator_items,
+        recorded_hyperparameters(sampler_state), accumulator_items, params,
     )
 
 
@@ -555,7 +611,7 @@ def _run_phase(prepared, state, accumulator_states, count, steps_per_draw, meter
         valid = min(block, count)
         state, accumulator_states, stored = _run_block(
             state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
-            _controls(valid, steps_per_draw, True), program=prepared.program,
+            prepared.center, _controls(valid, steps_per_draw, True), program=prepared.program,
         )
         blocks.append((stored, valid))
         if not isinstance(meter, _NoProgress):
@@ -574,7 +630,7 @@ def _burn_in(prepared, state, accumulator_states, num_steps, meter):
         valid = min(block, num_steps // steps_per_draw)
         state, accumulator_states, _ = _run_block(
             state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
-            _controls(valid, steps_per_draw, False), program=prepared.program,
+            prepared.center, _controls(valid, steps_per_draw, False), program=prepared.program,
         )
         if not isinstance(meter, _NoProgress):
             jax.block_until_ready(state.step)
@@ -614,6 +670,7 @@ def _trace(prepared, state, accumulator_states, stored) -> Trace:
     observable_names = [name for name, _ in program.observables.value]
     return Trace(
         loss=stored.get("loss"),
+        center_loss=stored.get("center_loss"),
         observables={name: stored[name] for name in observable_names if name in stored},
         diverged=jax.device_put(np.asarray(state.first_nonfinite_step) >= 0),
         first_nonfinite_step=state.first_nonfinite_step,
@@ -624,7 +681,11 @@ def _trace(prepared, state, accumulator_states, stored) -> Trace:
             for name, accumulator in prepared.accumulators
         },
         state=state,
-        hyperparameters=prepared.hyperparameters,
+        hyperparameters={
+            **prepared.hyperparameters,
+            "num_burnin": prepared.options.num_burnin,
+            "steps_per_draw": prepared.options.steps_per_draw,
+        },
     )
 
 
@@ -670,6 +731,7 @@ def sample(
     mesh: jax.sharding.Mesh | None = None,
     chain_axis: str | None = "chains",
     data_axis: str | None = None,
+    initial_state: ChainState | None = None,
 ) -> Trace:
     r"""Run ``num_chains`` SGMCMC chains localized at ``params`` and record draws.
 
@@ -727,6 +789,12 @@ def sample(
         code runs on one CPU, several GPUs or a TPU pod slice (multi-host: call
         ``jax.distributed.initialize()`` first and build the mesh from ``jax.devices()``).
         The returned trace stays sharded over chains until you gather it.
+      initial_state: continue chains where a previous run stopped: pass its ``trace.state``
+        (a :class:`ChainState` of the same shapes). The chains resume from its parameters
+        and sampler state (with the hyperparameters that state holds, so ``sampler`` only
+        fixes the program) and step count, so with the same ``key`` the continuation draws
+        fresh noise and minibatches; ``params`` stays the center :math:`w^*`. Run lengths
+        are free, so extending a run compiles nothing (usually with ``num_burnin=0``).
 
     Returns:
       a :class:`Trace`. Non-finite losses are detected per chain (``trace.diverged``).
@@ -741,7 +809,7 @@ def sample(
     meter = _progress_meter(progress)
     prepared = _prepare(
         loss_fn, params, data, sampler, key=key, options=options, observables=observables,
-        query_data=query_data, accumulators=accumulators,
+        query_data=query_data, accumulators=accumulators, initial_state=initial_state,
     )
     return _run(prepared, meter)
 
@@ -764,7 +832,7 @@ def compiled_memory(loss_fn, params, data, sampler, *, key, num_chains, num_draw
         observables=observables, query_data=query_data, accumulators=accumulators,
     )
     arguments = (prepared.state, prepared.accumulator_states, prepared.data, prepared.query_data,
-                 prepared.chain_keys, _controls(1, 1, True))
+                 prepared.chain_keys, prepared.center, _controls(1, 1, True))
     lowered = _run_block.lower(*arguments, program=prepared.program)
     analysis = lowered.compile().memory_analysis()
     stored_shapes = jax.eval_shape(
@@ -808,6 +876,35 @@ def evaluate_loss(
     chunk_size = min(check_int("chunk_size", chunk_size, 1), n)
     check_loss_fn(loss_fn, params, data, chunk_size)
     return _chunked_mean_loss(params, data, loss_fn=loss_fn, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
+def _checked_mean_loss(params, data, *, loss_fn, chunk_size):
+    mean, finite = mean_loss_and_finite_in_chunks(loss_fn.value, params, data, chunk_size)
+    (first,) = jnp.nonzero(~finite, size=LISTED_INDICES + 1, fill_value=-1)
+    return mean, jnp.sum(~finite), first
+
+
+def checked_loss_at_center(loss_fn, params, data, *, chunk_size: int = 4096,
+                           full_data: bool = True) -> float | None:
+    r"""Validate ``loss_fn``, ``params`` (:math:`w^*`) and ``data`` as :func:`sample` does
+    (:func:`slt_jax._checks.check_finite_at_center` included) and return :math:`L_n(w^*)` as
+    :func:`evaluate_loss` (all of ``data``, in chunks), raising a ``ValueError`` that names the
+    examples whose loss is non-finite (found in the same pass). ``full_data=False`` skips the
+    full pass (returns ``None``)."""
+    check_params(params)
+    n = num_examples(data)
+    chunk_size = min(check_int("chunk_size", chunk_size, 1), n)
+    check_loss_fn(loss_fn, params, data, chunk_size)
+    check_finite_at_center(loss_fn, params, data)
+    if not full_data:
+        return None
+    mean, count, first = _checked_mean_loss(
+        params, data, loss_fn=StructuralKey(loss_fn), chunk_size=chunk_size
+    )
+    first = np.asarray(first)
+    raise_for_nonfinite_losses(first[first >= 0], int(count))
+    return float(mean)
 
 
 class CompilationCounter:

@@ -92,6 +92,11 @@ def test_enable_compilation_cache_sets_the_directory(tmp_path):
         jax.config.update("jax_compilation_cache_dir", previous)
 
 
+# the subject is how options reach the calibration and the sampler: 200 draws at batch 128
+# are too short to be stationary, and the gradient-noise advice is expected there
+@pytest.mark.filterwarnings("ignore:split R-hat:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:the LLC draws are still drifting:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:minibatch gradient noise:RuntimeWarning")
 def test_estimate_llc_passes_sampler_options_to_calibration_and_sampler():
     loss_fn, params, data = _linear_regression()
     kwargs = dict(key=jax.random.key(3), num_draws=200, batch_size=128)

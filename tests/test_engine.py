@@ -189,5 +189,6 @@ def test_trace_records_the_sampler_hyperparameters():
     trace = slt.sample(loss_fn, params, data, slt.samplers.sghmc(2e-4, 12.0, 0.5, friction=0.3),
                        key=jax.random.key(0), **RUN)
     assert trace.hyperparameters == pytest.approx(
-        {"step_size": 2e-4, "nbeta": 12.0, "localization": 0.5, "friction": 0.3}
+        {"step_size": 2e-4, "nbeta": 12.0, "localization": 0.5, "friction": 0.3,
+         "num_burnin": RUN["num_burnin"], "steps_per_draw": RUN.get("steps_per_draw", 1)}
     )

@@ -426,23 +426,27 @@ def test_all_chains_diverge_with_a_huge_step_size():
 
 
 def test_some_chains_diverge_and_are_excluded():
-    """A loss that is non-finite on one example: only the chains whose minibatches drew it diverge.
+    """A loss that is non-finite on one example away from w*: only the chains whose minibatches
+    drew it (after the first step) diverge.
 
-    With n = 4, one NaN example, batch size 1 and 2 steps, each chain diverges with probability
-    7/16; with 32 chains the chance that all or none diverge is below 1e-7, so no lucky seed is
-    needed. The excluded set is then read off the trace itself.
+    With n = 4, one such example (finite with a finite gradient at w*, so the up-front checks
+    pass; inf anywhere else), batch size 1 and 3 steps, each chain diverges with probability
+    1 - (3/4)^2 = 7/16 (step 0 is at w*); with 32 chains the chance that all or none diverge is
+    below 1e-7, so no lucky seed is needed. The excluded set is then read off the trace itself.
     """
-    y = jnp.array([jnp.nan, 1.0, 2.0, 3.0], jnp.float32)
+    y = jnp.array([-1.0, 1.0, 2.0, 3.0], jnp.float32)  # -1 marks the bad example
 
     def nan_example_loss(params, batch):
-        return 0.5 * (params["w"] - batch) ** 2
+        w = params["w"]
+        bad = jnp.where(w == 2.0, 0.0, jnp.inf)  # finite only at w* (gradient 0 everywhere)
+        return jnp.where(batch < 0, bad, 0.5 * (w - batch) ** 2)
 
     params = {"w": jnp.array(2.0, jnp.float32)}
     nbeta = 4.0
     sampler = slt.samplers.sgld(step_size=1e-3, nbeta=nbeta, localization=1.0)
     trace = slt.sample(
         nan_example_loss, params, y, sampler, key=jax.random.key(0),
-        num_chains=32, num_draws=2, batch_size=1,
+        num_chains=32, num_draws=3, batch_size=1,
     )
     diverged = np.asarray(trace.diverged)
     assert diverged.any() and not diverged.all()
@@ -451,7 +455,7 @@ def test_some_chains_diverge_and_are_excluded():
 
     init_loss = 0.0  # any finite value: the estimate is a pure function of the trace
     with pytest.warns(RuntimeWarning, match=r"diverge"):
-        result = slt.llc(trace, nbeta=nbeta, init_loss=init_loss)
+        result = slt.llc(trace, nbeta=nbeta, init_loss=init_loss, paired=False)
     assert result.diverged_chains == tuple(np.flatnonzero(diverged).tolist())
     assert np.all(np.isnan(result.per_chain[diverged]))
     expected_per_chain = nbeta * (losses[~diverged] - init_loss).mean(axis=1)

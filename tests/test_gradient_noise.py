@@ -132,7 +132,10 @@ def test_calibrated_friction_keeps_the_minibatch_bias_at_one_percent():
 def test_calibration_cuts_the_step_when_noise_dominates():
     loss_fn, params, data, *_ = _regression(noise=3.0)
     kwargs = dict(key=jax.random.key(2), nbeta=200.0, localization=1.0, batch_size=4)
-    with pytest.warns(RuntimeWarning, match="gradient noise .* forced the step size down"):
+    with (
+        pytest.warns(RuntimeWarning, match="gradient noise .* forced the step size down"),
+        pytest.warns(RuntimeWarning, match="gradient noise dominates the pilot chains' loss"),
+    ):
         sghmc = calibrate_step_size(loss_fn, params, data, sampler_name="sghmc", **kwargs)
     assert dict(sghmc.options)["friction"] == 1.0
     assert "step cut" in sghmc.table()

@@ -35,8 +35,8 @@ def test_stored_memory_is_the_stored_draws():
     common = dict(key=jax.random.key(0), num_chains=4, batch_size=32, draws_per_block=100)
     few = compiled_memory(mlp_loss, params, data, sampler, num_draws=100, **common)
     many = compiled_memory(mlp_loss, params, data, sampler, num_draws=1100, **common)
-    # 1000 more draws × 4 chains × one float32 loss
-    assert many["stored"] - few["stored"] == 1000 * 4 * jnp.dtype(jnp.float32).itemsize
+    # 1000 more draws × 4 chains × two float32 losses (at the chain and at the center)
+    assert many["stored"] - few["stored"] == 2 * 1000 * 4 * jnp.dtype(jnp.float32).itemsize
 
 
 def test_a_large_cross_covariance_accumulator_has_a_fixed_footprint():
@@ -58,6 +58,7 @@ def test_a_large_cross_covariance_accumulator_has_a_fixed_footprint():
     ten_thousand = compiled_memory(loss_fn, params, data, sampler, num_draws=10_000, **common)
     for part in ("arguments", "output", "temporary"):
         assert hundred[part] == ten_thousand[part], part
-    # the accumulator's state (10k x 1k float32) is an argument; the stored trace is the loss only
+    # the accumulator's state (10k x 1k float32) is an argument; the stored trace is the loss
+    # (and the paired estimator's loss at the center) only
     assert hundred["arguments"] >= 10_000 * 1_000 * 4
-    assert ten_thousand["stored"] == 10_000 * 2 * 4
+    assert ten_thousand["stored"] == 2 * 10_000 * 2 * 4

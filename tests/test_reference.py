@@ -94,6 +94,9 @@ def test_nuts_quadratic_matches_continuous_gaussian_truth():
 # ---------------------------------------------------------------------------------------------
 
 
+# a few divergent NUTS transitions are expected on this singular posterior (the reference
+# reports them); the comparison below is the test
+@pytest.mark.filterwarnings("ignore:NUTS had .* divergent transitions:RuntimeWarning")
 def test_sgld_agrees_with_nuts_on_a_small_dln():
     """Teacher [3, 4, 3] (product rank 1, Aoyagi λ = 9/2), x ~ U[-10, 10], nβ = n/log n, γ = 1.
 
@@ -155,6 +158,9 @@ def _normal_crossing_expectation(nbeta, localization):
     return numerator / integrate.quad(marginal, 0, upper, limit=400)[0]
 
 
+# a few divergent NUTS transitions are expected on this singular posterior (the reference
+# reports them); the comparison below is the test
+@pytest.mark.filterwarnings("ignore:NUTS had .* divergent transitions:RuntimeWarning")
 def test_sgld_and_nuts_agree_on_a_normal_crossing():
     """K(w) = ½ w1² w2⁴ at w* = 0: λ = 1/4 as nβ → ∞ (MATH.md §7); 0.202 at nβ = n/log n.
 

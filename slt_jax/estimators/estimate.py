@@ -7,12 +7,15 @@ import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from slt_jax.calibration import DEFAULT_SAFETY_FACTOR, calibrate_step_size
-from slt_jax.estimators.llc import LLCResult, llc
+from slt_jax.diagnostics import monte_carlo_standard_error, split_rhat
+from slt_jax.estimators.llc import RHAT_WARNING, LLCResult, llc, runaway_chains
+from slt_jax.masks import trainable
 from slt_jax.samplers import SAMPLER_FAMILIES, Sampler, default_nbeta
-from slt_jax.sampling import evaluate_loss, num_examples, sample
+from slt_jax.sampling import checked_loss_at_center, num_examples, sample
 
 PyTree = Any
 
@@ -40,10 +43,12 @@ def estimate_llc(
     init_loss: float | None = None,
     safety_factor: float = DEFAULT_SAFETY_FACTOR,
     max_retries: int = 3,
+    max_extensions: int = 2,
     progress: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     chain_axis: str | None = "chains",
     data_axis: str | None = None,
+    mask: PyTree | None = None,
 ) -> LLCResult:
     r"""Estimate the local learning coefficient of ``loss_fn`` at ``params`` with defaults.
 
@@ -70,6 +75,14 @@ def estimate_llc(
     every choice is recorded in ``result.hyperparameters``.
 
     Args:
+      loss_fn: ``loss_fn(params, batch)`` returning the *per-example* losses of a minibatch:
+        shape ``(b,)``, or ``(b, T)`` per token, for a batch of ``b`` examples (not their mean;
+        the sampler averages them). It must be a pure JAX function of its arguments.
+      params: the point :math:`w^*` to localize at: a pytree of float arrays (plain dicts or
+        lists, Flax NNX state, Equinox modules' arrays).
+      data: a pytree of arrays sharing a leading example axis of length ``n``; minibatches are
+        drawn from it uniformly with replacement.
+      key: a ``jax.random.key`` (split for the calibration and the run).
       sampler: ``None``/``"sghmc"``, another sampler name (``"sgld"``, ``"rmsprop_sgld"``,
         ``"adam_sgld"``, ``"sgnht"``), or a ready sampler from :mod:`slt_jax.samplers` (then its
         own hyperparameters are used and nothing is calibrated).
@@ -77,17 +90,68 @@ def estimate_llc(
       sampler_options: other keyword arguments of the named sampler, e.g.
         ``{"friction": 0.3}`` for SGHMC (the calibration then uses that friction instead of
         choosing one) or ``{"decay": 0.999}`` for RMSProp-SGLD.
+      num_chains: independent chains (default 4); their spread gives R̂ and the MCSE.
+      num_draws: recorded draws per chain (default 4000).
+      num_burnin: discarded steps before the first draw (default ``num_draws // 2``); never
+        averaged into the estimate.
+      steps_per_draw: sampler steps between recorded draws (thinning; default 1).
       batch_size: ``"auto"`` for ``min(n, 500)``, ``None`` for full batch, or an int.
       init_loss: :math:`L_n(w^*)`; computed on the full data in chunks if not given.
+      safety_factor: :math:`\kappa` of the calibration, the step size is
+        :math:`\kappa/\lambda_{max}(n\beta H + \gamma)` (default 0.1, about a 5% variance bias
+        for SGLD on a quadratic); smaller is more accurate and mixes slower.
+      max_retries: how many times a run whose chains diverged (or ran away) is repeated with
+        half the step size (calibrated step sizes only; default 3).
+      max_extensions: while the LLC draws are still drifting (:func:`drift_statistics`: the
+        halves of the run differ by more than 3 standard errors, or split-R̂ > 1.05), the
+        chains are continued for another ``num_draws`` draws and the earlier draws become
+        burn-in, at most this many times (default 2; ``result.hyperparameters["extensions"]``
+        says how many ran). If they still drift, a warning says why (the gradient at
+        :math:`w^*` against the curvature) and what to do.
+      progress: ``True`` for progress bars (or a :class:`~slt_jax.sampling.ProgressMeter`):
+        one per calibration step ("calibrating: top Hessian eigenvalue", "calibrating (pilot
+        k)", "calibrating: gradient noise") and one for the final run, each with a
+        "compiling" phase until its program has compiled.
       mesh, chain_axis, data_axis: shard chains / minibatches over devices (see
         :func:`slt_jax.sample`).
+      mask: the weight-refined LLC :math:`\hat\lambda(w^*; V)` (MATH.md §2, arXiv 2410.02984):
+        a boolean pytree (per leaf or per element; build it with :mod:`slt_jax.masks`) of the
+        coordinates :math:`V` to sample; the others stay at :math:`w^*`. The calibration then
+        measures the curvature and the gradient noise in that subspace only. Leaves of
+        ``params`` wrapped in :class:`slt_jax.adapters.Frozen` (BatchNorm statistics from
+        :func:`slt_jax.adapters.from_nnx`, ...) are never sampled, with or without a mask.
+
+    The data-refined LLC (MATH.md §2) replaces :math:`L_n` by :math:`L'_n` on another
+    distribution :math:`q'`: pass the :math:`q'` data as ``data``. Both the sampler's gradients
+    and :math:`L'_n(w^*)` (``init_loss``, computed on ``data`` unless given) then come from
+    :math:`q'`, and :math:`n\beta = n'/\log n'` uses its size. With ``mask`` too, the two
+    refinements combine: :math:`\hat\lambda(w^*; V, q')`.
+
+    Returns:
+      an :class:`~slt_jax.LLCResult`: ``mean`` (the estimate), ``std`` (over chains),
+      ``per_chain``, ``mcse``, ``rhat``, ``ess``, ``init_loss``, ``nbeta``,
+      ``diverged_chains`` (excluded and reported), ``draws`` and ``hyperparameters`` (the
+      sampler and every value it ran with, the run lengths, the :class:`Calibration` with its
+      evidence under ``"calibration"``, the number of step-size halvings and the wall time).
+
+    Example (a deep linear network teacher, whose LLC is Aoyagi's λ; a few seconds, so it is
+    not a doctest: ``tests/test_cli.py`` runs the same through ``slt-jax demo``)::
+
+        import jax, slt_jax as slt
+        from slt_jax.data import make_dln_data, make_dln_teacher
+        from slt_jax.models import dln_loss
+
+        teacher = make_dln_teacher(jax.random.key(0), [5, 4, 6], minimal_rank=True)
+        data = make_dln_data(jax.random.key(1), teacher.params, 2000)
+        result = slt.estimate_llc(dln_loss, teacher.params, data, key=jax.random.key(2))
+        print(result.summary(), "truth:", float(teacher.true_lambda))
     """
     start = time.perf_counter()
     setup = _calibrated_setup(
         loss_fn, params, data, key=key, sampler=sampler, nbeta=nbeta, localization=localization,
         step_size=step_size, sampler_options=sampler_options, safety_factor=safety_factor,
         num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-        batch_size=batch_size, init_loss=init_loss,
+        batch_size=batch_size, init_loss=init_loss, progress=progress, mask=mask,
     )
     run = dict(setup.lengths, steps_per_draw=steps_per_draw, progress=progress, mesh=mesh,
                chain_axis=chain_axis, data_axis=data_axis)
@@ -95,11 +159,128 @@ def estimate_llc(
         loss_fn, params, data, setup.sampler, setup.sampling_key, run,
         max_retries if setup.calibration else 0,
     )
-    result = _warnings_at_caller(llc, trace, nbeta=setup.nbeta, init_loss=setup.init_loss)
+    trace, extensions = _extend_while_drifting(
+        loss_fn, params, data, chosen, setup.sampling_key, run, trace, max_extensions
+    )
+    drift = drift_statistics(setup.nbeta * _paired_or_plain(trace, setup.init_loss))
+    diagnosis = None
+    if drift["drifting"]:
+        diagnosis = _drift_diagnosis(loss_fn, params, data, setup, drift, extensions)
+    result = _warnings_at_caller(
+        llc, trace, nbeta=setup.nbeta, init_loss=setup.init_loss,
+        drop="split R-hat" if diagnosis else None,
+    )
+    if diagnosis:
+        warnings.warn(diagnosis, RuntimeWarning, stacklevel=2)
     hyperparameters = run_hyperparameters(
-        setup, chosen, retries, start, steps_per_draw=steps_per_draw
+        setup, chosen, retries, start, steps_per_draw=steps_per_draw, extensions=extensions,
+        drift_z=drift["z"],
     )
     return result._replace(hyperparameters=hyperparameters)
+
+
+#: |z| of the first-half vs second-half difference of the LLC draws above which a run is
+#: drifting (with split R̂ above ``RHAT_WARNING``)
+DRIFT_Z = 3.0
+
+
+def drift_statistics(draws) -> dict:
+    r"""Is a run of LLC draws ``(chains, draws)`` still drifting?
+
+    :math:`z = (\bar d_{2} - \bar d_{1})/\sqrt{\mathrm{MCSE}_1^2 + \mathrm{MCSE}_2^2}`
+    compares the means of the second and first halves of the draws (pooled over chains, each
+    with its ESS-based MCSE), beside split-:math:`\hat R`. A run drifts when
+    :math:`|z| > 3` or :math:`\hat R > 1.05`.
+
+    Returns:
+      ``{"z", "rhat", "first_half", "second_half", "drifting"}``.
+    """
+    draws = np.asarray(draws, np.float64)
+    draws = draws[np.all(np.isfinite(draws), axis=1)]
+    half = draws.shape[1] // 2
+    if draws.shape[0] == 0 or half < 4:
+        return dict(z=float("nan"), rhat=float("nan"), first_half=float("nan"),
+                    second_half=float("nan"), drifting=False)
+    first, second = draws[:, :half], draws[:, half: 2 * half]
+    error = np.hypot(monte_carlo_standard_error(first), monte_carlo_standard_error(second))
+    difference = float(second.mean() - first.mean())
+    z = difference / error if error > 0 else (0.0 if difference == 0 else float("inf"))
+    rhat = split_rhat(draws) if draws.shape[0] > 1 else float("nan")
+    drifting = bool(abs(z) > DRIFT_Z or (np.isfinite(rhat) and rhat > RHAT_WARNING))
+    return dict(z=float(z), rhat=float(rhat), first_half=float(first.mean()),
+                second_half=float(second.mean()), drifting=drifting)
+
+
+def _paired_or_plain(trace, init_loss):
+    losses = np.asarray(trace.loss, np.float64)
+    if trace.center_loss is not None:
+        return losses - np.asarray(trace.center_loss, np.float64)
+    return losses - init_loss
+
+
+def _extend_while_drifting(loss_fn, params, data, chosen, key, run, trace, max_extensions):
+    """While the draws drift, continue the chains for another ``num_draws`` draws and keep only
+    the new ones (the earlier draws become burn-in); at most ``max_extensions`` times."""
+    extensions = 0
+    while extensions < max_extensions and trace.loss is not None:
+        if not drift_statistics(_paired_or_plain(trace, 0.0))["drifting"]:
+            break
+        extensions += 1
+        trace = sample(loss_fn, params, data, chosen, key=key,
+                       **{**run, "num_burnin": 0}, initial_state=trace.state)
+    return trace, extensions
+
+
+def _drift_diagnosis(loss_fn, params, data, setup, drift, extensions) -> str:
+    """Why the draws still drift and what to do (the gradient at w* decides which)."""
+    gradient = _full_gradient_norm(loss_fn, params, data)
+    nbeta, gamma = setup.nbeta, float(setup.sampler.hyperparameters.get("localization", 0.0))
+    calibration = setup.calibration
+    largest = getattr(calibration, "max_hessian_eigenvalue", None)
+    text = (
+        f"the LLC draws are still drifting after {extensions} extension(s) of the run: "
+        f"first half {drift['first_half']:.4g} → second half {drift['second_half']:.4g} "
+        f"(z = {drift['z']:.1f}, split R-hat {drift['rhat']:.3f}). "
+    )
+    llc_size = max(abs(drift["second_half"]), 1e-12)
+    if largest is not None and np.isfinite(largest) and largest > 0 and gamma > 0:
+        # sliding down the gradient lowers nβ·L by nβ²·gᵀ(nβH + γ)⁻¹g: between these bounds
+        low = (nbeta * gradient) ** 2 / (nbeta * largest + gamma)
+        high = (nbeta * gradient) ** 2 / gamma
+        text += (
+            f"‖∇L_n(w*)‖ = {gradient:.3g}: by sliding down it the chains can lower nβ·L by "
+            f"between {low:.3g} (along the stiffest direction) and {high:.3g} (along flat "
+            f"directions, nβ²‖∇L‖²/γ), against an LLC of about {llc_size:.3g}. "
+        )
+        if high > 0.1 * llc_size:
+            return text + (
+                "So w* is probably not a local minimum: the chains move to lower loss and the "
+                "estimate depends on γ and the run length. Train w* further (to a smaller "
+                "gradient), or raise localization (γ) to pin the chains near w*; then check that "
+                "the estimate settles."
+            )
+        text += "That is small, so w* is close to a critical point. "
+    return text + (
+        "The chains mix slowly (flat or ill-conditioned directions): run longer (num_draws, "
+        "num_burnin, max_extensions), or raise localization (γ) to shrink the region they "
+        "must explore."
+    )
+
+
+def _full_gradient_norm(loss_fn, params, data) -> float:
+    """‖∇L_n(w*)‖ on the full data, in chunks."""
+    from jax.flatten_util import ravel_pytree
+
+    from slt_jax._chunking import map_chunks
+
+    def chunk(batch, valid):
+        losses = lambda p: jnp.sum(  # noqa: E731
+            jnp.where(valid, loss_fn(p, batch).reshape(valid.shape[0], -1).mean(axis=1), 0.0)
+        )
+        return ravel_pytree(jax.grad(losses)(params))[0]
+
+    total = jnp.sum(map_chunks(chunk, data, 1024), axis=0) / num_examples(data)
+    return float(jnp.linalg.norm(total))
 
 
 class CalibratedSetup(NamedTuple):
@@ -117,21 +298,22 @@ class CalibratedSetup(NamedTuple):
 
 def _calibrated_setup(loss_fn, params, data, *, key, sampler, nbeta, localization, step_size,
                       sampler_options, safety_factor, num_chains, num_draws, num_burnin,
-                      batch_size, init_loss) -> CalibratedSetup:
+                      batch_size, init_loss, progress=False, mask=None) -> CalibratedSetup:
     """Defaults (batch size, burn-in, L_n(w*)) and the calibrated sampler; the calibration's
     warnings are re-issued at the caller of ``estimate_llc`` / ``estimate_bif``."""
     n = num_examples(data)
     batch_size = min(n, DEFAULT_BATCH_SIZE) if batch_size == "auto" else batch_size
     num_burnin = num_draws // 2 if num_burnin is None else num_burnin
     calibration_key, sampling_key = jax.random.split(key)
-    if init_loss is None:
-        init_loss = float(evaluate_loss(loss_fn, params, data))
+    # non-finite w*, data, losses or gradient at w*: a clear error before any calibration
+    computed = checked_loss_at_center(loss_fn, params, data, full_data=init_loss is None)
+    init_loss = computed if init_loss is None else init_loss
     chosen, nbeta, calibration = _warnings_at_caller(
         _choose_sampler,
         loss_fn, params, data, sampler, key=calibration_key, nbeta=nbeta,
         localization=localization, step_size=step_size, sampler_options=sampler_options,
         safety_factor=safety_factor, init_loss=init_loss, num_chains=num_chains,
-        batch_size=batch_size, stacklevel=4,
+        batch_size=batch_size, progress=progress, mask=mask, stacklevel=4,
     )
     lengths = dict(num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
                    batch_size=batch_size)
@@ -153,15 +335,21 @@ def run_hyperparameters(setup: CalibratedSetup, chosen, retries, start, **extra)
 
 
 def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization, step_size,
-                    sampler_options, safety_factor, init_loss, num_chains, batch_size):
+                    sampler_options, safety_factor, init_loss, num_chains, batch_size,
+                    progress=False, mask=None):
     """The sampler to run, its nβ and the calibration (``None`` for a ready sampler)."""
     if isinstance(sampler, Sampler):
-        if nbeta is not None or step_size is not None or sampler_options:
+        if nbeta is not None or step_size is not None or sampler_options or mask is not None:
             raise TypeError(
                 "pass nbeta/step_size/sampler_options either to the sampler or to estimate_llc, "
-                "not both"
+                "not both (the same holds for mask)"
             )
+        sampled = trainable(params, sampler.mask)
+        if sampled is not sampler.mask:  # params hold Frozen leaves: never sample them
+            sampler = sampler.factory(**sampler.hyperparameters, **dict(sampler.static),
+                                      mask=sampled)
         return sampler, float(sampler.hyperparameters["nbeta"]), None
+    mask = trainable(params, mask)
     name = DEFAULT_SAMPLER if sampler is None else sampler
     if name not in SAMPLER_FAMILIES:
         raise ValueError(
@@ -172,15 +360,16 @@ def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization,
     nbeta = default_nbeta(num_examples(data)) if nbeta is None else float(nbeta)
     user_options = _check_sampler_options(name, sampler_options)
     if step_size is not None:
-        return family.factory(step_size, nbeta, localization, **user_options), nbeta, None
+        return family.factory(step_size, nbeta, localization, mask=mask, **user_options), nbeta, None
     calibration = calibrate_step_size(
         loss_fn, params, data, key=key, nbeta=nbeta, localization=localization,
         sampler_name=name, safety_factor=safety_factor, num_chains=num_chains,
-        batch_size=batch_size, init_loss=init_loss,
+        batch_size=batch_size, init_loss=init_loss, progress=progress, mask=mask,
         **{k: user_options[k] for k in ("friction", "stability") if k in user_options},
     )
     options = {**dict(calibration.options), **user_options}
-    return family.factory(calibration.step_size, nbeta, localization, **options), nbeta, calibration
+    return (family.factory(calibration.step_size, nbeta, localization, mask=mask, **options),
+            nbeta, calibration)
 
 
 def _sample_with_retries(loss_fn, params, data, chosen, key, run, max_retries):
@@ -189,12 +378,13 @@ def _sample_with_retries(loss_fn, params, data, chosen, key, run, max_retries):
     retries = 0
     while True:
         trace = sample(loss_fn, params, data, chosen, key=key, **run)
-        if not np.any(np.asarray(trace.diverged)) or retries >= max_retries or family is None:
+        failed = np.asarray(trace.diverged) | _runaway(trace)
+        if not np.any(failed) or retries >= max_retries or family is None:
             return trace, chosen, retries
         retries += 1
         changes = family.rescaled(chosen.hyperparameters, 0.5)
         warnings.warn(
-            f"{int(np.sum(np.asarray(trace.diverged)))} chain(s) diverged at step_size="
+            f"{int(np.sum(failed))} chain(s) diverged or ran away at step_size="
             f"{float(chosen.hyperparameters['step_size']):.3g}; retrying with "
             f"{changes['step_size']:.3g}",
             RuntimeWarning,
@@ -203,13 +393,26 @@ def _sample_with_retries(loss_fn, params, data, chosen, key, run, max_retries):
         chosen = chosen.replace(**changes)
 
 
-def _warnings_at_caller(function, *args, stacklevel=3, **kwargs):
+def _runaway(trace) -> np.ndarray:
+    """Chains that ran away while finite (see :func:`slt_jax.estimators.llc.runaway_chains`)."""
+    if trace.loss is None:
+        return np.zeros(trace.num_chains, bool)
+    draws = np.asarray(trace.loss, np.float64)
+    if trace.center_loss is not None:
+        draws = draws - np.asarray(trace.center_loss, np.float64)
+    return runaway_chains(draws)
+
+
+def _warnings_at_caller(function, *args, stacklevel=3, drop=None, **kwargs):
     """``function(*args, **kwargs)`` with its warnings re-issued ``stacklevel`` frames up (the
-    caller of ``estimate_llc``: they point at the user's line, not inside slt_jax)."""
+    caller of ``estimate_llc``: they point at the user's line, not inside slt_jax); warnings
+    whose message contains ``drop`` are left out (a more specific one replaces them)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = function(*args, **kwargs)
     for warning in caught:
+        if drop is not None and drop in str(warning.message):
+            continue
         warnings.warn(warning.message, warning.category, stacklevel=stacklevel)
     return result
 

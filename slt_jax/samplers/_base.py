@@ -176,11 +176,18 @@ def standard_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
 def mask_as_floats(mask: PyTree | None, params: PyTree) -> PyTree | None:
     """Turn a boolean mask (per leaf or per element) into float arrays shaped like ``params``.
 
-    Raises ``ValueError``/``TypeError`` when the mask does not match ``params``.
+    Leaves wrapped in :class:`slt_jax.adapters.Frozen` (state an adapter carries as data, e.g.
+    BatchNorm statistics) are always frozen, with or without a mask. Raises
+    ``ValueError``/``TypeError`` when the mask does not match ``params``.
     """
+    frozen = _frozen_leaves_mask(params)
     if mask is None:
-        return None
+        if frozen is None:
+            return None
+        mask = frozen
     validate_mask(mask, params)
+    if frozen is not None:
+        mask = jax.tree.map(lambda m, keep: m if keep else False, mask, frozen)
 
     def as_floats(m, p):
         dtype = jnp.result_type(p)
@@ -189,6 +196,20 @@ def mask_as_floats(mask: PyTree | None, params: PyTree) -> PyTree | None:
         return jnp.broadcast_to(jnp.asarray(m, dtype=dtype), jnp.shape(p))
 
     return jax.tree.map(as_floats, mask, params)
+
+
+def _frozen_leaves_mask(params: PyTree) -> PyTree | None:
+    """``True`` for every leaf, ``False`` inside :class:`~slt_jax.adapters.Frozen` nodes
+    (``None`` when there are none)."""
+    from slt_jax.adapters import Frozen  # the adapters import the samplers
+
+    is_frozen = lambda node: isinstance(node, Frozen)  # noqa: E731
+    if not any(map(is_frozen, jax.tree.leaves(params, is_leaf=is_frozen))):
+        return None
+    return jax.tree.map(
+        lambda node: jax.tree.map(lambda _: False, node) if is_frozen(node) else True,
+        params, is_leaf=is_frozen,
+    )
 
 
 def validate_mask(mask: PyTree, params: PyTree) -> None:

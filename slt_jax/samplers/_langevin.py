@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from slt_jax.samplers._base import (
     Preconditioner,
@@ -51,6 +52,17 @@ def default_nbeta(num_samples: int) -> float:
     r"""The default inverse temperature :math:`n\beta = n / \log n` (MATH.md §0, ours).
 
     ``num_samples`` is the dataset size ``n`` (devinterp v1 uses the batch size instead).
+
+    Args:
+      num_samples: the dataset size :math:`n \ge 2`.
+
+    Returns:
+      :math:`n / \log n` as a float.
+
+    Examples:
+      >>> import slt_jax as slt
+      >>> round(slt.default_nbeta(10_000), 1)
+      1085.7
     """
     num_samples = int(num_samples)
     if num_samples < 2:
@@ -107,8 +119,16 @@ class RMSPropPreconditionerState(NamedTuple):
 
 
 def _bias_corrected_inverse_root(second_moment, decay, count, stability):
-    correction = 1.0 - decay ** count.astype(decay.dtype)
-    return jax.tree.map(lambda v: 1.0 / (jnp.sqrt(v / correction) + stability), second_moment)
+    r""":math:`P_t = 1/(\sqrt{\hat v_t} + a)` with the prior :math:`v_0` counted as one
+    observation at step 0 (:func:`rmsprop_preconditioner`):
+    :math:`\hat v_t = (v_t + (1-\alpha)\alpha^t v_0)/(1-\alpha^{t+1})`,
+    :math:`v_0 = \max(1-a, 0)^2`, so :math:`P_0 = \min(1, 1/a)`."""
+    power = decay ** count.astype(decay.dtype)
+    prior = (1.0 - decay) * power * jnp.square(jnp.maximum(1.0 - stability, 0.0))
+    correction = 1.0 - decay * power
+    return jax.tree.map(
+        lambda v: 1.0 / (jnp.sqrt((v + prior) / correction) + stability), second_moment
+    )
 
 
 def rmsprop_preconditioner() -> Preconditioner:
@@ -117,11 +137,26 @@ def rmsprop_preconditioner() -> Preconditioner:
     .. math::
 
         v_t = \alpha v_{t-1} + (1-\alpha) g_t^2,\quad
-        \hat v_t = v_t / (1 - \alpha^t),\quad
         P_t = 1 / (\sqrt{\hat v_t} + a)
 
-    with :math:`v_0 = 0` and Adam-style bias correction (ours: without it the first steps would
-    use :math:`P \approx 1/a` regardless of the gradient scale). ``g`` is the loss gradient only:
+    with :math:`v_t` an exponential average of :math:`g^2` from :math:`v = 0`, to which a prior
+    :math:`v_0 = \max(1-a, 0)^2` is added as one observation at step 0, with Adam-style bias
+    correction (ours):
+
+    .. math::
+
+        \hat v_t = \frac{v_t + (1-\alpha)\alpha^t v_0}{1-\alpha^{t+1}}.
+
+    Why the prior: at :math:`w^*` the loss gradient is 0 (exactly, for full-batch gradients),
+    so a bias-corrected average of :math:`g^2` alone gives :math:`\hat v_1 = 0` and the first
+    steps use the largest preconditioner :math:`P = 1/a`, i.e. steps :math:`1/a` times larger
+    than SGLD's at the same step size, however steep the posterior: chains were kicked far out
+    (issue 9). With the prior, :math:`P_0 = \min(1, 1/a)`: the chain starts as SGLD with step
+    size ``step_size`` (the scale the step size is chosen on) and the preconditioner follows
+    the observed gradients as they arrive: the prior weighs like one gradient among
+    :math:`t` after :math:`t \ll 1/(1-\alpha)` steps and decays as :math:`\alpha^t` after,
+    so the stationary preconditioner is unchanged. The prior is a step-0 value, independent of
+    the position, so it does not bias the target. ``g`` is the loss gradient only:
     neither :math:`n\beta` nor the localization force enters :math:`v`. :math:`\alpha` and
     :math:`a` are the hyperparameters ``decay`` and ``stability``.
     """
@@ -158,7 +193,9 @@ def adam_preconditioner() -> Preconditioner:
 
         m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
 
-    both bias corrected (:math:`m_0 = v_0 = 0`); :math:`\beta_1, \beta_2, a` are the
+    both bias corrected (:math:`m_0 = 0`; :math:`\hat v_t` with the prior
+    :math:`v_0 = \max(1-a, 0)^2` of :func:`rmsprop_preconditioner`, so the first steps are
+    SGLD's rather than :math:`1/a` times larger); :math:`\beta_1, \beta_2, a` are the
     hyperparameters ``first_decay``, ``second_decay`` and ``stability``.
     """
 
@@ -266,7 +303,14 @@ def _langevin_sampler(name, factory, hyperparameters, preconditioner, mask) -> S
     )
 
 
-def sgld(step_size, nbeta, localization=1.0, *, temperature=1.0, mask=None) -> Sampler:
+def sgld(
+    step_size: ArrayLike,
+    nbeta: ArrayLike,
+    localization: ArrayLike = 1.0,
+    *,
+    temperature: ArrayLike = 1.0,
+    mask: PyTree | None = None,
+) -> Sampler:
     r"""Stochastic gradient Langevin dynamics (Welling & Teh 2011), localized (Lau et al. 2023).
 
     .. math::
@@ -284,7 +328,11 @@ def sgld(step_size, nbeta, localization=1.0, *, temperature=1.0, mask=None) -> S
         :math:`\epsilon n\beta/2` (a test of the drift), ``1`` (default) samples the posterior.
       mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
 
-    Example:
+    Returns:
+      a :class:`~slt_jax.samplers.Sampler` (an optax ``GradientTransformationExtraArgs``
+      whose ``update`` takes ``key=``; ``.name``, ``.hyperparameters``, ``.replace(...)``).
+
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, slt_jax as slt
       >>> sampler = slt.samplers.sgld(step_size=1e-3, nbeta=100.0)
       >>> params = {"w": jnp.zeros(3)}
@@ -302,7 +350,13 @@ def sgld(step_size, nbeta, localization=1.0, *, temperature=1.0, mask=None) -> S
 
 
 def rmsprop_sgld(
-    step_size, nbeta, localization=1.0, *, decay=0.99, stability=0.1, mask=None
+    step_size: ArrayLike,
+    nbeta: ArrayLike,
+    localization: ArrayLike = 1.0,
+    *,
+    decay: ArrayLike = 0.99,
+    stability: ArrayLike = 0.1,
+    mask: PyTree | None = None,
 ) -> Sampler:
     r"""RMSProp-preconditioned SGLD (pSGLD; Li et al. 2016; arXiv 2507.21449).
 
@@ -320,6 +374,23 @@ def rmsprop_sgld(
     comparable to the averaging window :math:`1/(1-\alpha)`, the position-dependent
     :math:`P` inflates the stationary variance by 10-15% at ``decay=0.99``; ``decay=0.999``
     (or a larger ``stability``, which makes :math:`P` nearly constant) removes most of it.
+
+    Args:
+      step_size: :math:`\epsilon > 0`.
+      nbeta: :math:`n\beta > 0`; see :func:`default_nbeta`.
+      localization: :math:`\gamma \ge 0`.
+      decay: :math:`\alpha \in (0, 1)`, the averaging of :math:`g^2`.
+      stability: :math:`a > 0`.
+      mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
+
+    Returns:
+      a :class:`~slt_jax.samplers.Sampler`.
+
+    Examples:
+      >>> import slt_jax as slt
+      >>> sampler = slt.samplers.rmsprop_sgld(step_size=1e-4, nbeta=100.0, decay=0.999)
+      >>> sampler.name, sampler.hyperparameters["decay"]
+      ('rmsprop_sgld', 0.999)
     """
     _check_common(step_size, nbeta, localization)
     check_unit_interval("decay", decay)
@@ -334,14 +405,14 @@ def rmsprop_sgld(
 
 
 def adam_sgld(
-    step_size,
-    nbeta,
-    localization=1.0,
+    step_size: ArrayLike,
+    nbeta: ArrayLike,
+    localization: ArrayLike = 1.0,
     *,
-    first_decay=0.9,
-    second_decay=0.999,
-    stability=0.1,
-    mask=None,
+    first_decay: ArrayLike = 0.9,
+    second_decay: ArrayLike = 0.999,
+    stability: ArrayLike = 0.1,
+    mask: PyTree | None = None,
 ) -> Sampler:
     r"""Adam-preconditioned SGLD: RMSProp-SGLD with the drift :math:`n\beta\,\hat m`.
 
@@ -354,6 +425,17 @@ def adam_sgld(
     momentum with too little friction: measured on a Gaussian target, the stationary variance
     is inflated by about :math:`\epsilon P/(2(1-\beta_1))` (ten to twenty times SGLD's
     :math:`\epsilon P/4`), so Adam-SGLD needs a smaller step size for the same accuracy.
+
+    Args:
+      step_size: :math:`\epsilon > 0`.
+      nbeta: :math:`n\beta > 0`; see :func:`default_nbeta`.
+      localization: :math:`\gamma \ge 0`.
+      first_decay, second_decay: :math:`\beta_1, \beta_2 \in (0, 1)`.
+      stability: :math:`a > 0`.
+      mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
+
+    Returns:
+      a :class:`~slt_jax.samplers.Sampler`.
     """
     _check_common(step_size, nbeta, localization)
     check_unit_interval("first_decay", first_decay)
@@ -397,7 +479,14 @@ def _sgnht_momentum(state, values, force, noise):
     )
 
 
-def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> Sampler:
+def sgnht(
+    step_size: ArrayLike,
+    nbeta: ArrayLike,
+    localization: ArrayLike = 1.0,
+    *,
+    diffusion: ArrayLike = 0.01,
+    mask: PyTree | None = None,
+) -> Sampler:
     r"""Stochastic gradient Nosé–Hoover thermostat (Ding et al. 2014).
 
     With :math:`U(w) = n\beta L(w) + \tfrac{\gamma}{2}\lVert w - w^*\rVert^2` and :math:`d`
@@ -417,6 +506,17 @@ def sgnht(step_size, nbeta, localization=1.0, *, diffusion=0.01, mask=None) -> S
     target of 1 settles at :math:`\epsilon\xi = 1-\sqrt{1-2\epsilon A}` and cools the
     positions by :math:`\epsilon A/(\epsilon\xi)` (5% at :math:`\epsilon A = 0.1`). The stationary law of :math:`w` is
     :math:`\propto e^{-U}`; its step size is on the scale of :math:`\sqrt{\epsilon_{SGLD}}`.
+
+    Args:
+      step_size: :math:`\epsilon > 0`.
+      nbeta: :math:`n\beta > 0`; see :func:`default_nbeta`.
+      localization: :math:`\gamma \ge 0`.
+      diffusion: :math:`A \ge 0`, the injected noise and the thermostat's start.
+      mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
+
+    Returns:
+      a :class:`~slt_jax.samplers.Sampler` whose state is an :class:`SGNHTState`
+      (momentum and thermostat per chain).
     """
     _check_common(step_size, nbeta, localization)
     check_positive("diffusion", diffusion, allow_zero=True)
@@ -463,7 +563,14 @@ class SGHMCState(NamedTuple):
     velocity: PyTree
 
 
-def sghmc(step_size, nbeta, localization=1.0, *, friction=0.1, mask=None) -> Sampler:
+def sghmc(
+    step_size: ArrayLike,
+    nbeta: ArrayLike,
+    localization: ArrayLike = 1.0,
+    *,
+    friction: ArrayLike = 0.1,
+    mask: PyTree | None = None,
+) -> Sampler:
     r"""Stochastic gradient Hamiltonian Monte Carlo with friction (Chen et al. 2014, eq. 15).
 
     .. math::
@@ -474,6 +581,25 @@ def sghmc(step_size, nbeta, localization=1.0, *, friction=0.1, mask=None) -> Sam
     with :math:`\epsilon` the learning rate, :math:`\alpha` the ``friction`` and the
     gradient-noise estimate :math:`\hat\beta = 0`; :math:`v_0 = 0`. With ``friction=1`` this
     is SGLD with step size :math:`2\epsilon`.
+
+    Args:
+      step_size: the learning rate :math:`\epsilon > 0`.
+      nbeta: :math:`n\beta > 0`; see :func:`default_nbeta`.
+      localization: :math:`\gamma \ge 0`.
+      friction: :math:`\alpha \in (0, 1]`.
+      mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
+
+    Returns:
+      a :class:`~slt_jax.samplers.Sampler` whose state is an :class:`SGHMCState`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, slt_jax as slt
+      >>> sampler = slt.samplers.sghmc(step_size=1e-3, nbeta=100.0, friction=0.2)
+      >>> state = sampler.init({"w": jnp.ones(2)})
+      >>> state.velocity["w"].tolist(), round(float(state.hyperparameters["friction"]), 3)
+      ([0.0, 0.0], 0.2)
+      >>> sampler.replace(step_size=5e-4).hyperparameters["step_size"]
+      0.0005
     """
     _check_common(step_size, nbeta, localization)
     check_positive("friction", friction)
