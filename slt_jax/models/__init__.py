@@ -28,3 +28,29 @@ __all__ += [
     "transformer_init",
     "transformer_loss",
 ]
+
+from slt_jax.models.zoo import (  # noqa: E402
+    MLP,
+    AttentionOnlyTransformer,
+    InContextRegressionTransformer,
+    MultiHeadAttention,
+    ToyModelOfSuperposition,
+    cross_entropy_loss,
+    icl_loss,
+    mse_loss,
+    next_token_loss,
+    tms_loss,
+)
+
+__all__ += [
+    "MLP",
+    "AttentionOnlyTransformer",
+    "InContextRegressionTransformer",
+    "MultiHeadAttention",
+    "ToyModelOfSuperposition",
+    "cross_entropy_loss",
+    "icl_loss",
+    "mse_loss",
+    "next_token_loss",
+    "tms_loss",
+]
