@@ -23,84 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
-import time
-import warnings
 
 import jax
 import numpy as np
 
-import slt_jax as slt
-from slt_jax.data import make_dln_data, make_dln_teacher, random_dln_widths
-from slt_jax.models import count_parameters, dln_loss
+from slt_jax.benchmark import run_instance, suite_instances
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# two instances per parameter-count bin: 12 instances from ~100 to ~100k parameters
-PARAMETER_BINS = [
-    (100, 300),
-    (300, 1_000),
-    (1_000, 3_000),
-    (3_000, 10_000),
-    (10_000, 30_000),
-    (30_000, 100_000),
-]
+# the instances and the per-instance run live in the package (also behind `slt-jax bench`)
 ALL_SAMPLERS = ["sgld", "rmsprop_sgld", "adam_sgld", "sgnht", "sghmc"]
-
-
-def suite_instances(seed: int = 0, per_bin: int = 2):
-    """The suite's architectures: ``[(widths, instance_seed), ...]``, deterministic in seed."""
-    instances = []
-    key = jax.random.key(seed)
-    for low, high in PARAMETER_BINS:
-        for _ in range(per_bin):
-            key, subkey = jax.random.split(key)
-            max_width = max(4, int(2 * math.sqrt(high)))
-            widths = random_dln_widths(
-                subkey,
-                num_layers_range=(2, 6),
-                width_range=(2, max_width),
-                parameter_count_range=(low, high),
-            )
-            instances.append((list(widths), len(instances)))
-    return instances
-
-
-def run_instance(
-    widths, instance_seed, sampler, num_samples=10_000, minimal_rank=True, **estimate_kwargs
-):
-    teacher = make_dln_teacher(
-        jax.random.key(1000 + instance_seed), widths, minimal_rank=minimal_rank
-    )
-    data = make_dln_data(jax.random.key(2000 + instance_seed), teacher.params, num_samples)
-    truth = float(teacher.true_lambda)
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = slt.estimate_llc(
-            dln_loss, teacher.params, data, key=jax.random.key(3000 + instance_seed),
-            sampler=sampler, **estimate_kwargs,
-        )
-    wall = time.perf_counter() - start
-    hyper = {k: v for k, v in result.hyperparameters.items() if k != "calibration"}
-    return {
-        "widths": widths,
-        "parameters": count_parameters(teacher.params),
-        "rank": teacher.rank,
-        "true_lambda": truth,
-        "estimate": result.mean,
-        "mcse": result.mcse,
-        "std_over_chains": result.std,
-        "rhat": result.rhat,
-        "relative_error": result.mean / truth - 1.0,
-        "wall_time_seconds": wall,
-        "diverged_chains": list(result.diverged_chains),
-        "warnings": [str(w.message) for w in caught],
-        "hyperparameters": hyper,
-    }
 
 
 def summarize(rows, max_parameters=10_000):

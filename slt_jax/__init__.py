@@ -7,27 +7,33 @@ coefficients and friends. See MATH.md for every formula.
 
 from slt_jax import (
     accumulators,
+    adapters,
     calibration,
     data,
     diagnostics,
     evaluation,
+    masks,
     models,
     plotting,
     samplers,
+    training,
     truth,
 )
 from slt_jax.compilation_cache import enable_compilation_cache
 from slt_jax.estimators import (
     BIFResult,
     LLCResult,
+    LLCSweepResult,
     bif,
     bif_accumulator,
     estimate_bif,
     estimate_llc,
     llc,
+    llc_over_checkpoints,
     loss_kernel,
     loss_kernel_accumulator,
 )
+from slt_jax.export import to_arviz
 from slt_jax.samplers import default_nbeta
 from slt_jax.sampling import (
     ChainState,
@@ -45,9 +51,11 @@ __all__ = [
     "BIFResult",
     "ChainState",
     "LLCResult",
+    "LLCSweepResult",
     "SampleOptions",
     "Trace",
     "accumulators",
+    "adapters",
     "bif",
     "bif_accumulator",
     "calibration",
@@ -62,13 +70,17 @@ __all__ = [
     "evaluate_loss",
     "evaluation",
     "llc",
+    "llc_over_checkpoints",
     "loss_kernel",
     "loss_kernel_accumulator",
+    "masks",
     "models",
     "plotting",
     "reference",
     "sample",
     "samplers",
+    "to_arviz",
+    "training",
     "truth",
 ]
 

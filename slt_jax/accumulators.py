@@ -65,6 +65,20 @@ import jax.numpy as jnp
 
 PyTree = Any
 
+__all__ = [
+    "Accumulator",
+    "CovarianceResult",
+    "CrossCovarianceState",
+    "MeanResult",
+    "RunningMeanState",
+    "covariance",
+    "cross_covariance",
+    "cross_covariance_of_draws",
+    "mean_of_draws",
+    "running_mean",
+    "streaming_reduce",
+]
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 _CENTERS = ("global", "chain")
 
@@ -503,6 +517,14 @@ def mean_of_draws(draws) -> MeanResult:
     Returns:
       :class:`MeanResult` with ``mean`` ``event``, ``per_chain`` ``(C, *event)``, ``count``
       ``(C,)`` (``D`` for every chain).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from slt_jax import accumulators
+      >>> draws = jnp.array([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])      # 2 chains x 3 draws
+      >>> result = accumulators.mean_of_draws(draws)
+      >>> float(result.mean), result.per_chain.tolist(), result.count.tolist()
+      (4.0, [2.0, 6.0], [3.0, 3.0])
     """
     return _mean_of_draws(jnp.asarray(draws))
 
@@ -544,6 +566,15 @@ def cross_covariance_of_draws(a, b, *, center: str = "global", ddof: float = 1) 
 
     Returns:
       ``(*event_a, *event_b)`` covariance (``nan`` if the denominator is not positive).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from slt_jax import accumulators
+      >>> a = jnp.array([[0.0, 2.0], [4.0, 6.0]])                    # 2 chains x 2 draws
+      >>> round(float(accumulators.cross_covariance_of_draws(a, a)), 4)    # pooled around 3
+      6.6667
+      >>> float(accumulators.cross_covariance_of_draws(a, a, center="chain"))
+      2.0
     """
     _check_center(center)
     return _cross_covariance_of_draws(jnp.asarray(a), jnp.asarray(b), center, ddof)
@@ -630,6 +661,15 @@ def streaming_reduce(
 
     Returns:
       ``{result name: accumulator.finalize(state)}``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from slt_jax import accumulators
+      >>> draws = {"loss": jnp.arange(12.0).reshape(2, 6)}          # 2 chains x 6 draws
+      >>> out = accumulators.streaming_reduce(
+      ...     {"mean": accumulators.running_mean("loss")}, draws, block_size=4)
+      >>> float(out["mean"].mean), out["mean"].per_chain.tolist()
+      (5.5, [2.5, 8.5])
     """
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")

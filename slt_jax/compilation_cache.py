@@ -6,6 +6,8 @@ import os
 
 import jax
 
+__all__ = ["enable_compilation_cache"]
+
 
 def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str:
     """Cache compiled programs on disk so a second run of the same configuration skips XLA.
@@ -16,6 +18,13 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str:
     Measured on a DLN 10-10-10 (4 chains × 2000 steps, 2-core CPU): a whole
     ``python script.py`` that samples and estimates the LLC takes 3.3 s cold and 1.5 s warm.
     Returns the directory used.
+
+    Args:
+      directory: where to keep the cache (default ``$SLT_JAX_CACHE`` or
+        ``~/.cache/slt_jax/xla``); created if missing.
+
+    Returns:
+      the directory used, as a string.
     """
     if directory is None:
         directory = os.environ.get(

@@ -1,4 +1,5 @@
-r"""Matplotlib figures for slt_jax results: loss kernels and influence matrices.
+r"""Matplotlib figures for slt_jax results: chain traces, calibration evidence, LLC curves over
+checkpoints, loss kernels and influence matrices.
 
 matplotlib is an optional dependency (``pip install matplotlib``, or the ``plot`` / ``dev``
 extras); it is imported only when a figure is drawn, so ``import slt_jax.plotting`` works
@@ -17,7 +18,10 @@ Shared style
 ------------
 :func:`_new_figure` (one figure / axes, constrained layout) and the colormap constants
 :data:`DIVERGING_COLORMAP` (signed quantities centred at 0) and :data:`SEQUENTIAL_COLORMAP`
-are what every figure here uses; later plots (traces, LLC curves) reuse them.
+are what every figure here uses; the trace, calibration and LLC-curve figures add
+:data:`CATEGORICAL_COLORMAP` colors per chain / component, grey dashed lines
+(:data:`EXCLUDED_COLOR`) for chains excluded from an estimate, and a grey band for burn-in.
+Multi-panel figures (:func:`plot_trace`, :func:`plot_calibration`) make their own figure.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ __all__ = [
     "SEQUENTIAL_COLORMAP",
     "cluster_labels",
     "cluster_order",
+    "plot_calibration",
     "plot_influence",
     "plot_kernel",
+    "plot_llc_curves",
+    "plot_trace",
 ]
 
 #: colormap of signed quantities (kernels, influences): blue < 0 < red, white at 0
@@ -342,6 +349,487 @@ def plot_influence(scores, *, row_order="cluster", column_order="cluster",
     _index_ticks(ax, rows, axis="y")
     ax.set_xlabel("query example")
     ax.set_ylabel("training example")
+    if title is not None:
+        ax.set_title(title)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------
+# traces
+
+
+#: color and line style of chains excluded from an estimate (diverged or ran away)
+EXCLUDED_COLOR = "0.55"
+EXCLUDED_LINESTYLE = "--"
+#: hatching of the (unrecorded) burn-in steps
+BURNIN_COLOR = "0.7"
+BURNIN_HATCH = "///"
+#: chains up to this many get one legend entry each (above it only excluded chains do)
+MAX_LABELLED_CHAINS = 10
+TRACE_PANEL_SIZE = (7.2, 2.4)
+
+
+def _categorical_color(index: int):
+    """The ``index``-th color of :data:`CATEGORICAL_COLORMAP` (cycling)."""
+    import matplotlib
+
+    palette = matplotlib.colormaps[CATEGORICAL_COLORMAP]
+    return palette(index % palette.N)
+
+
+def _running_mean(values: np.ndarray) -> np.ndarray:
+    """Running mean along the last axis (``nan`` from the first non-finite value on)."""
+    return np.cumsum(values, axis=-1) / np.arange(1, values.shape[-1] + 1)
+
+
+class _TraceData:
+    """What :func:`plot_trace` draws, taken out of a Trace / LLCResult / BIFResult."""
+
+    def __init__(self, streams, excluded, hyperparameters, llc_result, first_nonfinite_step):
+        self.streams = streams  # [(name, y label, (chains, draws) float array)]
+        self.excluded = excluded  # {chain: reason}
+        self.hyperparameters = hyperparameters
+        self.llc_result = llc_result
+        self.first_nonfinite_step = first_nonfinite_step
+
+
+def _trace_data(value, observables) -> _TraceData:
+    from slt_jax.estimators.influence import BIFResult
+    from slt_jax.estimators.llc import LLCResult
+    from slt_jax.sampling import Trace
+
+    if isinstance(value, BIFResult):
+        if value.llc is None:
+            raise ValueError("this BIFResult has no LLC (result.llc is None) to plot a trace of")
+        value = value.llc._replace(
+            hyperparameters={**value.hyperparameters, **(value.llc.hyperparameters or {})}
+        )
+    if isinstance(value, LLCResult):
+        if observables:
+            raise ValueError("observables= needs a Trace; an LLCResult holds only the LLC draws")
+        draws = np.asarray(value.draws, dtype=float)
+        if draws.ndim != 2:
+            raise ValueError(f"LLCResult.draws must be (num_chains, num_draws), got {draws.shape}")
+        excluded = {int(c): "diverged" for c in value.diverged_chains}
+        excluded.update({int(c): "ran away" for c in getattr(value, "runaway_chains", ())})
+        streams = [("llc", r"$n\beta\,(L_t - L^*)$", draws)]
+        return _TraceData(streams, excluded, dict(value.hyperparameters or {}), value, None)
+    if not isinstance(value, Trace):
+        raise TypeError(
+            "plot_trace expects an slt_jax.LLCResult, an slt_jax.Trace or an slt_jax.BIFResult, "
+            f"got {type(value).__name__}"
+        )
+    streams = []
+    if value.loss is not None:
+        streams.append(("loss", "minibatch loss", np.asarray(value.loss, dtype=float)))
+    if observables is True:
+        names = [name for name, array in value.observables.items() if np.ndim(array) == 2]
+    else:
+        names = list(observables or ())
+    for name in names:
+        if name not in value.observables:
+            raise ValueError(
+                f"no observable {name!r} in this trace; it records {sorted(value.observables)}"
+            )
+        array = np.asarray(value.observables[name], dtype=float)
+        if array.ndim != 2:
+            raise ValueError(
+                f"observable {name!r} has shape {array.shape}; plot_trace draws scalar "
+                "observables (chains, draws) only"
+            )
+        streams.append((name, name, array))
+    if not streams:
+        raise ValueError("this trace records no loss and no scalar observable to plot")
+    first = np.asarray(value.first_nonfinite_step).astype(int)
+    excluded = {int(c): "diverged" for c in np.flatnonzero(np.asarray(value.diverged))}
+    return _TraceData(streams, excluded, dict(value.hyperparameters or {}), None, first)
+
+
+def _step_axis(num_draws: int, hyperparameters: dict, num_burnin, steps_per_draw):
+    """``(x values, x label, burn-in steps or None)``: sampler steps when the run lengths are
+    known, else draw indices."""
+    from slt_jax.export import draw_steps
+
+    num_burnin = hyperparameters.get("num_burnin") if num_burnin is None else num_burnin
+    steps_per_draw = (hyperparameters.get("steps_per_draw") if steps_per_draw is None
+                      else steps_per_draw)
+    if num_burnin is None and steps_per_draw is None:
+        return np.arange(num_draws), "draw", None
+    num_burnin, steps_per_draw = int(num_burnin or 0), int(steps_per_draw or 1)
+    return draw_steps(num_draws, num_burnin, steps_per_draw), "sampler step", num_burnin
+
+
+def _chain_style(chain: int, data: _TraceData, burnin) -> dict:
+    """Color, line style and legend label of one chain (excluded chains grey and dashed)."""
+    reason = data.excluded.get(chain)
+    if reason is None:
+        return dict(color=_categorical_color(chain), linestyle="-", label=f"chain {chain}")
+    where = ""
+    if reason == "diverged" and data.first_nonfinite_step is not None:
+        step = int(data.first_nonfinite_step[chain])
+        if step >= 0:
+            where = f" at step {step}" + (" (burn-in)" if burnin and step < burnin else "")
+    return dict(color=EXCLUDED_COLOR, linestyle=EXCLUDED_LINESTYLE,
+                label=f"chain {chain} ({reason}{where})")
+
+
+def _diagnostics_text(values: np.ndarray, kept: np.ndarray) -> str:
+    """``"R̂ = …, ESS = …"`` of the kept chains (slt_jax.diagnostics)."""
+    from slt_jax import diagnostics
+
+    kept_values = values[kept]
+    if kept_values.shape[0] == 0:
+        return "every chain excluded"
+    rhat = diagnostics.split_rhat(kept_values) if kept_values.shape[0] > 1 else float("nan")
+    ess = diagnostics.effective_sample_size(kept_values)
+    return f"R̂ = {rhat:.3f}, ESS = {ess:.0f}"
+
+
+def _mark_burnin(ax, burnin, *, label: bool) -> None:
+    if burnin:
+        ax.axvspan(0, burnin, facecolor="none", edgecolor=BURNIN_COLOR, hatch=BURNIN_HATCH,
+                   linewidth=0, zorder=0, label="burn-in (not recorded)" if label else None)
+    if burnin is not None:
+        ax.set_xlim(left=0)
+
+
+def plot_trace(result_or_trace, *, observables=False, truth: float | None = None,
+               num_burnin: int | None = None, steps_per_draw: int | None = None,
+               title: str | None = None):
+    r"""Per-chain traces of an LLC estimate or a sampling run, with burn-in and divergences.
+
+    For an :class:`~slt_jax.LLCResult` (or a :class:`~slt_jax.BIFResult`'s ``llc``): the top
+    panel shows each chain's per-draw LLC estimates :math:`n\beta(L_t - L^*)`, the bottom
+    panel each chain's running mean :math:`\frac1t\sum_{s\le t}` of them, with the pooled
+    estimate and its ±MCSE band; the title gives the estimate, split-:math:`\hat R` and ESS.
+    For a :class:`~slt_jax.Trace`: one panel per stream (the loss, and the scalar observables
+    asked for), each chain's per-draw values thin and its running mean bold, with
+    :math:`\hat R` / ESS of the stream in the panel title.
+
+    Only post-burn-in draws are recorded. When the run lengths are known (the result's
+    ``hyperparameters`` from :func:`slt_jax.estimate_llc` record ``num_burnin`` and
+    ``steps_per_draw``, or pass them) the x axis counts sampler steps from the start and the
+    burn-in steps are shaded; otherwise it counts draws. Chains excluded from the estimate
+    (diverged, or ran away while finite) are drawn grey and dashed and labelled with the reason
+    (and the first non-finite step); the diagnostics use the other chains.
+
+    Args:
+      result_or_trace: an :class:`slt_jax.LLCResult`, :class:`slt_jax.Trace` or
+        :class:`slt_jax.BIFResult`.
+      observables: for a Trace, ``True`` for every scalar observable, or a list of names
+        (default: the loss only).
+      truth: a known value (e.g. the closed-form learning coefficient) drawn as a dashed black
+        line on the LLC panels.
+      num_burnin, steps_per_draw: run lengths, overriding the recorded hyperparameters.
+      title: figure title (default: the LLC summary for an LLC, none for a Trace).
+
+    Returns:
+      The :class:`matplotlib.figure.Figure`: 2 axes for an LLC, one per stream for a Trace.
+
+    Example:
+      >>> import numpy as np, slt_jax as slt
+      >>> losses = np.random.default_rng(0).normal(1.5, 0.1, size=(4, 200))
+      >>> result = slt.llc(losses, nbeta=10.0, init_loss=1.0)
+      >>> figure = slt.plotting.plot_trace(result, truth=5.0)
+      >>> len(figure.axes)
+      2
+    """
+    data = _trace_data(result_or_trace, observables)
+    num_chains, num_draws = data.streams[0][2].shape
+    x, xlabel, burnin = _step_axis(num_draws, data.hyperparameters, num_burnin, steps_per_draw)
+    kept = np.array([chain not in data.excluded for chain in range(num_chains)])
+    num_panels = 2 if data.llc_result is not None else len(data.streams)
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(
+        num_panels, 1, sharex=True, squeeze=False, layout="constrained",
+        figsize=(TRACE_PANEL_SIZE[0], TRACE_PANEL_SIZE[1] * num_panels + 0.4),
+    )
+    axes = axes[:, 0]
+    styles = [_chain_style(chain, data, burnin) for chain in range(num_chains)]
+    labelled = num_chains <= MAX_LABELLED_CHAINS
+
+    if data.llc_result is not None:
+        _draw_llc_panels(axes, x, data, styles, truth)
+    else:
+        for ax, (name, ylabel, values) in zip(axes, data.streams):
+            running = _running_mean(values)
+            for chain in range(num_chains):
+                style = styles[chain]
+                ax.plot(x, values[chain], color=style["color"], linestyle=style["linestyle"],
+                        linewidth=0.6, alpha=0.45)
+                ax.plot(x, running[chain], color=style["color"], linestyle=style["linestyle"],
+                        linewidth=1.6)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{name}: {_diagnostics_text(values, kept)} (thin: per draw; bold: "
+                         "running mean)", fontsize=9)
+    for index, ax in enumerate(axes):
+        _mark_burnin(ax, burnin, label=index == 0)
+    axes[-1].set_xlabel(xlabel)
+    if title is None and data.llc_result is not None:
+        result = data.llc_result
+        title = (f"LLC = {result.mean:.4g} ± {result.mcse:.2g} (MCSE), R̂ = {result.rhat:.3f}, "
+                 f"ESS = {result.ess:.0f}")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    _trace_legend(figure, axes, styles, labelled, data.excluded)
+    return figure
+
+
+def _trace_legend(figure, axes, styles, labelled: bool, excluded: dict) -> None:
+    """One figure legend right of the panels: the chains (all of them, or only the excluded
+    ones when there are many), then the reference lines and the burn-in of the panels."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = [], []
+    for chain, style in enumerate(styles):
+        if labelled or chain in excluded:
+            handles.append(Line2D([], [], color=style["color"], linestyle=style["linestyle"],
+                                  linewidth=1.6))
+            labels.append(style["label"])
+    for ax in axes:
+        more_handles, more_labels = ax.get_legend_handles_labels()
+        for handle, label in zip(more_handles, more_labels):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
+
+
+def _draw_llc_panels(axes, x, data: _TraceData, styles, truth) -> None:
+    """Top: per-draw LLC estimates; bottom: running means, pooled mean ± MCSE, truth."""
+    result = data.llc_result
+    draws = data.streams[0][2]
+    running = _running_mean(draws)
+    for chain in range(draws.shape[0]):
+        style = styles[chain]
+        axes[0].plot(x, draws[chain], color=style["color"], linestyle=style["linestyle"],
+                     linewidth=0.6, alpha=0.6)
+        axes[1].plot(x, running[chain], color=style["color"], linestyle=style["linestyle"],
+                     linewidth=1.4)
+    mean, mcse = float(result.mean), float(result.mcse)
+    if np.isfinite(mean):
+        axes[1].axhline(mean, color="k", linewidth=1.2, label=f"pooled mean {mean:.4g}")
+        if np.isfinite(mcse):
+            axes[1].axhspan(mean - mcse, mean + mcse, color="k", alpha=0.2, linewidth=0,
+                            label=f"± MCSE {mcse:.2g}")
+    if truth is not None:
+        for ax in axes:
+            ax.axhline(float(truth), color="k", linestyle=":", linewidth=1.2,
+                       label=f"truth {float(truth):.4g}" if ax is axes[1] else None)
+    axes[0].set_ylabel("LLC per draw\n" + data.streams[0][1])
+    axes[1].set_ylabel("running mean")
+    axes[0].set_title("per-draw estimates", fontsize=9)
+    axes[1].set_title("per-chain running means", fontsize=9)
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration evidence and LLC curves
+
+
+def _calibration_of(value):
+    from slt_jax.calibration import Calibration
+
+    if isinstance(value, Calibration):
+        return value
+    hyperparameters = getattr(value, "hyperparameters", None)
+    if not isinstance(hyperparameters, dict):
+        raise TypeError(
+            "plot_calibration expects an slt_jax.calibration.Calibration or a result of "
+            f"slt_jax.estimate_llc / estimate_bif, got {type(value).__name__}"
+        )
+    calibration = hyperparameters.get("calibration")
+    if calibration is None:
+        raise ValueError(
+            "this result was not calibrated (a step size or a ready sampler was given, or it "
+            "did not come from estimate_llc / estimate_bif): there is no calibration to plot"
+        )
+    return calibration
+
+
+def plot_calibration(result_or_calibration, *, title: str | None = None):
+    r"""The evidence behind a calibrated step size.
+
+    What :func:`slt_jax.calibration.calibrate_step_size` measured, round by round. Left: the
+    top Hessian eigenvalue :math:`\lambda_{max}(H)` measured in each round (at :math:`w^*`,
+    then where each round's pilot chains ended), with the largest, which sets the step size.
+    Middle: the step size after each round (log scale; rounds that halve the step after a
+    diverged pilot, raise the friction or cut the step for minibatch gradient noise included),
+    the chosen step and SGLD's stability bound :math:`4/\lambda_{max}(n\beta H +
+    \gamma I)`. Right, when the gradient noise was measured: the pilots' LLC next to the
+    predicted gradient-noise heating at the chosen step (the LLC's expected upward bias from
+    minibatch noise, :func:`slt_jax.calibration.gradient_noise_heating`), labelled with its
+    relative size.
+
+    Args:
+      result_or_calibration: a :class:`slt_jax.calibration.Calibration`, or a result of
+        :func:`slt_jax.estimate_llc` / :func:`slt_jax.estimate_bif` (its
+        ``hyperparameters["calibration"]``).
+      title: figure title (default: the sampler, chosen step size and options).
+
+    Returns:
+      The :class:`matplotlib.figure.Figure`: 3 axes when the gradient noise was measured,
+      else 2.
+
+    Example:
+      >>> from slt_jax.calibration import Calibration
+      >>> calibration = Calibration(
+      ...     step_size=1e-3, sampler="sgld", max_hessian_eigenvalue=2.0, max_curvature=40.0,
+      ...     stability_bound=0.1, safety_factor=0.1, nbeta=20.0, localization=1.0,
+      ...     rounds=({"round": 0, "where": "w*", "max_hessian_eigenvalue": 2.0,
+      ...              "step_size": 2.5e-3},
+      ...             {"round": 1, "where": "500-step pilot ends", "max_hessian_eigenvalue": 5.0,
+      ...              "step_size": 1e-3}))
+      >>> len(plot_calibration(calibration).axes)
+      2
+    """
+    calibration = _calibration_of(result_or_calibration)
+    rounds = list(calibration.rounds)
+    noise = calibration.gradient_noise_bias is not None and calibration.pilot_llc is not None
+    pyplot = _pyplot()
+    num_panels = 3 if noise else 2
+    figure, axes = pyplot.subplots(
+        1, num_panels, layout="constrained",
+        figsize=(4.0 * num_panels, 3.6), width_ratios=[1.0, 1.0, 0.7][:num_panels],
+    )
+    _draw_curvature_rounds(axes[0], calibration, rounds)
+    _draw_step_rounds(axes[1], calibration, rounds)
+    if noise:
+        _draw_noise_budget(axes[2], calibration)
+    if title is None:
+        options = "".join(f", {name} = {value:.3g}" for name, value in calibration.options)
+        title = (f"{calibration.sampler}: step size {calibration.step_size:.3g}{options} "
+                 f"(safety factor {calibration.safety_factor:g}, nβ = {calibration.nbeta:.4g})")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _round_ticks(ax, rounds) -> None:
+    ax.set_xticks([row["round"] for row in rounds],
+                  [f"{row['round']}: {row['where']}" for row in rounds],
+                  rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel("calibration round")
+
+
+def _draw_curvature_rounds(ax, calibration, rounds) -> None:
+    measured = [row for row in rounds if row.get("max_hessian_eigenvalue") is not None]
+    if measured:
+        ax.plot([row["round"] for row in measured],
+                [row["max_hessian_eigenvalue"] for row in measured],
+                marker="o", color=_categorical_color(0), label="measured")
+    ax.axhline(calibration.max_hessian_eigenvalue, color="k", linestyle="--", linewidth=1,
+               label=f"used {calibration.max_hessian_eigenvalue:.3g}")
+    _round_ticks(ax, rounds)
+    ax.set_ylabel(r"$\lambda_{max}(H)$")
+    ax.set_title("curvature where the chains go", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _draw_step_rounds(ax, calibration, rounds) -> None:
+    if rounds:
+        ax.plot([row["round"] for row in rounds], [row["step_size"] for row in rounds],
+                marker="o", color=_categorical_color(1), label="after round")
+    ax.axhline(calibration.step_size, color=_categorical_color(2), linewidth=1.5,
+               label=f"chosen {calibration.step_size:.3g}")
+    if np.isfinite(calibration.stability_bound):
+        ax.axhline(calibration.stability_bound, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"SGLD stability bound {calibration.stability_bound:.3g}")
+    ax.set_yscale("log")
+    _round_ticks(ax, rounds)
+    ax.set_ylabel("step size")
+    ax.set_title("step size", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _draw_noise_budget(ax, calibration) -> None:
+    pilot = float(calibration.pilot_llc)
+    bias = float(calibration.gradient_noise_bias)
+    heating = bias * pilot
+    bars = ax.bar(["pilot LLC", "predicted\nheating"], [pilot, heating],
+                  color=[_categorical_color(0), _categorical_color(3)])
+    ax.bar_label(bars, labels=[f"{pilot:.3g}", f"{heating:.2g} ({100 * bias:+.2g}%)"],
+                 fontsize=7)
+    ax.set_ylabel("LLC units")
+    ax.margins(y=0.15)
+    ax.set_title("minibatch gradient noise", fontsize=9)
+
+
+def _as_curves(name: str, values, num_steps: int) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.shape[0] != num_steps:
+        raise ValueError(
+            f"{name} must have shape (num_checkpoints,) or (num_checkpoints, num_components) "
+            f"with num_checkpoints = {num_steps}, got {np.shape(values)}"
+        )
+    return array
+
+
+def plot_llc_curves(steps, llcs, errors=None, labels=None, *, log_x: bool = False, ax=None,
+                    title: str | None = None, xlabel: str = "training step",
+                    ylabel: str = r"LLC $\hat\lambda$"):
+    r"""LLC estimates over training checkpoints, one line per component, with error bands.
+
+    Each column of ``llcs`` (e.g. the LLC and the refined LLCs of named weight groups,
+    or a sweep's ``(num_checkpoints, num_components)`` means) is a line over ``steps``;
+    ``errors`` of the same shape (e.g. the MCSEs, or twice them) draw a band
+    ``llcs ± errors`` around it. Non-finite values leave gaps. For a checkpoint sweep
+    (:func:`slt_jax.llc_over_checkpoints`):
+    ``plot_llc_curves(steps, sweep.mean, 2 * sweep.mcse, labels=sweep.labels)``.
+
+    Args:
+      steps: ``(num_checkpoints,)`` training steps (or any increasing x values).
+      llcs: ``(num_checkpoints,)`` or ``(num_checkpoints, num_components)`` estimates.
+      errors: band half-widths, the shape of ``llcs`` (optional).
+      labels: ``num_components`` legend labels (optional; a legend is drawn when given).
+      log_x: logarithmic x axis (symmetric-log, linear below the smallest positive step,
+        when a step is 0, as a checkpoint at initialization is).
+      ax: existing axes to draw into (default: a new figure).
+      title, xlabel, ylabel: axes labels.
+
+    Returns:
+      The :class:`matplotlib.figure.Figure`.
+
+    Example:
+      >>> import numpy as np
+      >>> steps = np.array([0, 10, 100, 1000])
+      >>> means = np.array([[1.0, 0.5], [2.0, 0.7], [4.0, 1.5], [5.0, 2.5]])
+      >>> figure = plot_llc_curves(steps, means, 0.1 * means, labels=["all", "layer 1"],
+      ...                          log_x=True)
+      >>> len(figure.axes)
+      1
+    """
+    steps = np.asarray(steps, dtype=float)
+    if steps.ndim != 1 or steps.size == 0:
+        raise ValueError(f"steps must be a non-empty 1-D array, got shape {steps.shape}")
+    curves = _as_curves("llcs", llcs, steps.size)
+    bands = None if errors is None else _as_curves("errors", errors, steps.size)
+    if bands is not None and bands.shape != curves.shape:
+        raise ValueError(f"errors must have the shape of llcs {curves.shape}, got {bands.shape}")
+    if labels is not None and len(labels) != curves.shape[1]:
+        raise ValueError(
+            f"labels must have one entry per component ({curves.shape[1]}), got {len(labels)}"
+        )
+    figure, ax = _new_figure(ax)
+    for component in range(curves.shape[1]):
+        color = _categorical_color(component)
+        ax.plot(steps, curves[:, component], marker="o", markersize=3, color=color,
+                label=None if labels is None else str(labels[component]))
+        if bands is not None:
+            ax.fill_between(steps, curves[:, component] - bands[:, component],
+                            curves[:, component] + bands[:, component], color=color, alpha=0.2,
+                            linewidth=0)
+    if log_x:
+        positive = steps[steps > 0]
+        if positive.size and positive.size < steps.size:
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
+        else:
+            ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if labels is not None:
+        ax.legend(fontsize=8)
     if title is not None:
         ax.set_title(title)
     return figure

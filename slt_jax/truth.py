@@ -76,6 +76,17 @@ def regular(d: int) -> Fraction:
 
     Holds whenever the Hessian of :math:`K` at the true parameter has full rank
     (Watanabe, *Algebraic Geometry and Statistical Learning Theory*, 2009; MATH.md §7).
+
+    Args:
+        d: the number of parameters, an integer :math:`\ge 0`.
+
+    Returns:
+        :math:`d/2` as a :class:`fractions.Fraction`.
+
+    Examples:
+        >>> from slt_jax import truth
+        >>> truth.regular(10)
+        Fraction(5, 1)
     """
     return Fraction(_nonnegative_integer(d, "d"), 2)
 
@@ -100,8 +111,16 @@ def normal_crossing(
         powers: the exponents :math:`k_i \ge 0` (rationals allowed).
         prior_powers: the prior exponents :math:`h_i \ge 0`, same length as ``powers``.
 
+    Returns:
+        :math:`\lambda` as a :class:`fractions.Fraction`.
+
     Raises:
         ValueError: if an input is negative, the lengths differ, or no :math:`k_i > 0`.
+
+    Examples:
+        >>> from slt_jax import truth
+        >>> truth.normal_crossing([1, 2])          # K = w_1^2 w_2^4: λ = min(1/2, 1/4)
+        Fraction(1, 4)
     """
     ks = [_nonnegative_rational(k, "powers[%d]" % i) for i, k in enumerate(powers)]
     if prior_powers is None:
@@ -134,8 +153,19 @@ def separable(powers: Sequence[int]) -> Fraction:
 
     which is the learning coefficient of :math:`K` (Watanabe 2009; MATH.md §7).
 
+    Args:
+        powers: the exponents :math:`k_i > 0`.
+
+    Returns:
+        :math:`\sum_i 1/(2k_i)` as a :class:`fractions.Fraction`.
+
     Raises:
         ValueError: if ``powers`` is empty or some :math:`k_i \le 0`.
+
+    Examples:
+        >>> from slt_jax import truth
+        >>> truth.separable([1, 2])               # w_1^2 + w_2^4: 1/2 + 1/4
+        Fraction(3, 4)
     """
     ks = [_nonnegative_rational(k, "powers[%d]" % i) for i, k in enumerate(powers)]
     if not ks:
@@ -170,9 +200,21 @@ def reduced_rank_regression(
                 + ((M+H+N+r) \bmod 2)\right] & \text{otherwise.}
         \end{cases}
 
+    Args:
+        input_dim, hidden_dim, output_dim: :math:`M, H, N`.
+        rank: :math:`r`, the rank of the true product.
+
+    Returns:
+        :math:`\lambda` as a :class:`fractions.Fraction`.
+
     Raises:
         ValueError: if a dimension is not a positive integer or the rank is not in
             :math:`0 \le r \le \min(M, H, N)`.
+
+    Examples:
+        >>> from slt_jax import truth
+        >>> truth.reduced_rank_regression(5, 4, 6, rank=1)
+        Fraction(21, 2)
     """
     m = _positive_integer(input_dim, "input_dim")
     h = _positive_integer(hidden_dim, "hidden_dim")
@@ -282,9 +324,24 @@ def deep_linear_network(widths: Sequence[int], rank: int) -> Fraction:
     For :math:`L = 1` (two widths) the model is regular: :math:`\lambda = H_0 H_1 / 2`.
     For :math:`L = 2` this equals :func:`reduced_rank_regression`.
 
+    Args:
+        widths: :math:`H_0, \dots, H_L`, at least two positive integers.
+        rank: :math:`r`, the rank of the true end-to-end product.
+
+    Returns:
+        :math:`\lambda` as a :class:`fractions.Fraction` (the *global* learning coefficient;
+        it is the local one at a teacher whose layers all have rank :math:`r`).
+
     Raises:
         ValueError: if fewer than two widths are given, a width is not a positive
             integer, or the rank is not in :math:`0 \le r \le \min_i H_i`.
+
+    Examples:
+        >>> from slt_jax import truth
+        >>> truth.deep_linear_network([15, 4, 26], rank=1)
+        Fraction(41, 1)
+        >>> float(truth.deep_linear_network([5, 4, 6], rank=1))
+        10.5
     """
     widths, r = _validate_widths_and_rank(widths, rank)
     if len(widths) == 2:
@@ -429,10 +486,20 @@ def gaussian_llc(curvatures, nbeta, localization=0.0, step_size=None) -> float:
         localization: :math:`\gamma \ge 0`.
         step_size: :math:`\varepsilon > 0`, or ``None`` for the exact posterior.
 
+    Returns:
+        :math:`\mathbb{E}[\hat\lambda]` as a float.
+
     Raises:
         ValueError: on negative curvatures, non-positive ``nbeta``, negative
             ``localization``, non-positive ``step_size``, or
             :math:`\varepsilon P_i \ge 4` for some :math:`i` (unstable SGLD).
+
+    Examples:
+        >>> from slt_jax import truth
+        >>> truth.gaussian_llc([1.0, 2.0], nbeta=100.0)          # d/2 without localization
+        1.0
+        >>> round(truth.gaussian_llc([1.0, 2.0], nbeta=100.0, step_size=1e-3), 4)
+        1.0391
     """
     a = np.asarray(curvatures, dtype=np.float64).reshape(-1)
     nbeta = float(nbeta)

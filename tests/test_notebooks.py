@@ -10,6 +10,7 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # short CI-size runs may warn, as for users
 def test_notebook_runs(path):
     matplotlib.use("Agg")
     notebook = json.loads(path.read_text())

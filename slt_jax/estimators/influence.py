@@ -528,7 +528,7 @@ def estimate_bif(
         loss_fn, params, train_data, key=key, sampler=sampler, nbeta=nbeta,
         localization=localization, step_size=step_size, sampler_options=None,
         safety_factor=DEFAULT_SAFETY_FACTOR, num_chains=num_chains, num_draws=num_draws,
-        num_burnin=num_burnin, batch_size=batch_size, init_loss=None,
+        num_burnin=num_burnin, batch_size=batch_size, init_loss=None, progress=progress,
     )
     beta = setup.nbeta / setup.num_examples if beta is None else beta
     run = dict(
