@@ -38,6 +38,19 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ALL_SAMPLERS = ["sgld", "rmsprop_sgld", "adam_sgld", "sgnht", "sghmc"]
 
 
+def deep_instances(first_seed: int, seed: int = 77):
+    """Two depth-5 and two depth-6 architectures with 200-2000 parameters (issue 9)."""
+    from slt_jax.data import random_dln_widths
+
+    key, instances = jax.random.key(seed), []
+    for depth in (5, 5, 6, 6):
+        key, subkey = jax.random.split(key)
+        widths = random_dln_widths(subkey, num_layers_range=(depth, depth), width_range=(2, 20),
+                                   parameter_count_range=(200, 2000))
+        instances.append((list(widths), first_seed + len(instances)))
+    return instances
+
+
 def summarize(rows, max_parameters=10_000):
     small = [r for r in rows if r["parameters"] <= max_parameters]
     errors = np.abs([r["relative_error"] for r in small])
@@ -95,12 +108,17 @@ def main(argv=None):
         "where the local LLC can exceed Aoyagi's global λ) instead of its minimal-rank "
         "refactorization with the same product",
     )
+    parser.add_argument("--deep", action="store_true",
+                        help="add four minimal-rank networks of depth 5 and 6 (200-2000 "
+                        "parameters, issue 9) to the suite")
     parser.add_argument("--estimate-kwargs", default="{}",
                         help="JSON dict of extra estimate_llc arguments (for tuning)")
     args = parser.parse_args(argv)
     extra = json.loads(args.estimate_kwargs)
 
     instances = suite_instances(args.seed)
+    if args.deep:
+        instances += deep_instances(first_seed=500)
     results = {}
     for sampler in args.samplers:
         rows = []

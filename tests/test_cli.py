@@ -9,6 +9,9 @@ import pytest
 
 from slt_jax import benchmark, cli
 
+# the demo and bench tests reuse each other's compiled programs: keep them on one worker
+pytestmark = pytest.mark.xdist_group("cli")
+
 
 def test_demo_prints_estimate_and_truth(capsys):
     code = cli.main(

@@ -165,7 +165,7 @@ def test_error_bars_match_the_spread_of_reruns(name):
     step_size, friction = CALIBRATED[name]
     nbeta = slt.default_nbeta(jax.tree.leaves(data)[0].shape[0])
     sampler = slt.samplers.sghmc(step_size, nbeta, 1.0, friction=friction)
-    num_draws = 400
+    num_draws = 300
     trace = slt.sample(
         loss_fn, params, data, sampler, key=jax.random.key(2),
         num_chains=REPLICATES * CHAINS_PER_REPLICATE, num_draws=num_draws,
