@@ -278,19 +278,14 @@ def _drift_diagnosis(loss_fn, params, data, setup, drift, extensions) -> str:
 
 
 def _full_gradient_norm(loss_fn, params, data) -> float:
-    """‖∇L_n(w*)‖ on the full data, in chunks."""
+    """‖∇L_n(w*)‖ on the full data, in chunks (the calibration's gradient)."""
     from jax.flatten_util import ravel_pytree
 
-    from slt_jax._chunking import map_chunks
+    from slt_jax.calibration import _flat_mean_gradient
 
-    def chunk(batch, valid):
-        losses = lambda p: jnp.sum(  # noqa: E731
-            jnp.where(valid, loss_fn(p, batch).reshape(valid.shape[0], -1).mean(axis=1), 0.0)
-        )
-        return ravel_pytree(jax.grad(losses)(params))[0]
-
-    total = jnp.sum(map_chunks(chunk, data, 1024), axis=0) / num_examples(data)
-    return float(jnp.linalg.norm(total))
+    flat, unravel = ravel_pytree(params)
+    gradient = _flat_mean_gradient(loss_fn, unravel, data, min(1024, num_examples(data)))
+    return float(jnp.linalg.norm(gradient(flat)))
 
 
 class CalibratedSetup(NamedTuple):
