@@ -21,6 +21,12 @@ on the stiffest direction:
   :math:`\epsilon = 2\eta/(2-\alpha)` (:func:`slt_jax.truth.sghmc_stationary_variance`), so
   :math:`\eta = \kappa(2-\alpha)/(2\lambda_{max}(A))`. In the overdamped regime its relaxation
   and diffusion are :math:`(2-\alpha)/\alpha \approx 2/\alpha` times faster than SGLD's at the same bias.
+  That is the rule for Chen et al.'s update (``splitting="euler"``). The default BAOAB splitting
+  takes the same learning rate, which keeps the same mixing speed and stability margin
+  (:math:`\eta\lambda_{max} \approx 0.1 \ll 4`), but its stationary variance on a quadratic is
+  exact (:func:`slt_jax.truth.baoab_stationary_variance`): the first-order bias that
+  :math:`\kappa` bounds for the other samplers is gone, and what remains is a second-order
+  bias from the loss's anharmonicity.
 * SGNHT: with :math:`v = \epsilon p` it is SGHMC with :math:`\eta = \epsilon^2` and friction
   :math:`\alpha = \xi\epsilon` (thermostat :math:`\xi`, started at the ``diffusion``
   :math:`A`): :math:`\epsilon = \sqrt{\kappa(2-\alpha)/(2\lambda_{max}(A))}` and

@@ -356,7 +356,7 @@ def test_sghmc_with_unit_friction_is_sgld_with_twice_the_step_size_one_update():
     center = {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array(0.25)}
     params = {"w": jnp.array([0.6, -1.2, 2.1]), "b": jnp.array(0.1)}
     grads = {"w": jnp.array([0.3, -0.7, 1.1]), "b": jnp.array(-0.4)}
-    sghmc = slt.samplers.sghmc(step_size, nbeta, localization, friction=1.0)
+    sghmc = slt.samplers.sghmc(step_size, nbeta, localization, friction=1.0, splitting="euler")
     sgld = slt.samplers.sgld(2 * step_size, nbeta, localization)
 
     sghmc_state = sghmc.init(center)
@@ -376,13 +376,36 @@ def test_sghmc_with_unit_friction_is_sgld_with_twice_the_step_size_one_update():
             np.testing.assert_allclose(sghmc_updates[leaf], expected, rtol=1e-5, atol=1e-8)
 
 
+def test_baoab_with_unit_friction_is_the_leimkuhler_matthews_update():
+    r"""BAOAB with friction 1 forgets the kicked velocity in the O step, so two consecutive
+    updates are :math:`-(\epsilon/2)\nabla U + (\sqrt\epsilon/2)(\eta_n + \eta_{n+1})`
+    (Leimkuhler & Matthews 2013): the noise of one step reappears, halved, in the next."""
+    step_size, nbeta, localization = 1e-3, 20.0, 1.5
+    center = {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array(0.25)}
+    params = {"w": jnp.array([0.6, -1.2, 2.1]), "b": jnp.array(0.1)}
+    grads = {"w": jnp.array([0.3, -0.7, 1.1]), "b": jnp.array(-0.4)}
+    sampler = slt.samplers.sghmc(step_size, nbeta, localization, friction=1.0)
+    state = sampler.init(center)
+    previous = None
+    for key in jax.random.split(jax.random.key(0), 3):
+        updates, state = sampler.update(grads, state, params, key=key)
+        noise = slt.samplers.standard_normal_like(key, params)
+        for leaf in ("w", "b"):
+            force = nbeta * grads[leaf] + localization * (params[leaf] - center[leaf])
+            carried = 0.0 if previous is None else previous[leaf]
+            expected = -0.5 * step_size * force + 0.5 * np.sqrt(step_size) * (carried + noise[leaf])
+            np.testing.assert_allclose(updates[leaf], expected, rtol=1e-5, atol=1e-8)
+        previous = noise
+
+
 def test_sghmc_with_unit_friction_is_sgld_with_twice_the_step_size_whole_trace():
     data = make_data()
     params = least_squares_params(data)
     arguments = dict(key=jax.random.key(9), **RUN)
     step_size, nbeta = 5e-4, 20.0
     sghmc_trace = slt.sample(
-        loss_fn, params, data, slt.samplers.sghmc(step_size, nbeta, 1.0, friction=1.0), **arguments
+        loss_fn, params, data,
+        slt.samplers.sghmc(step_size, nbeta, 1.0, friction=1.0, splitting="euler"), **arguments
     )
     sgld_trace = slt.sample(
         loss_fn, params, data, slt.samplers.sgld(2 * step_size, nbeta, 1.0), **arguments

@@ -220,19 +220,39 @@ def _assert_gaussian_variances(
 
 @pytest.mark.parametrize("friction", [0.1, 1.0])
 def test_sghmc_gaussian_variance_matches_its_closed_form(friction):
-    """At ηP up to 1.5 the discretization inflates the variance by up to 70%; the sampler must
-    match truth.sghmc_stationary_variance within 4 MCSE, with no allowance."""
+    """Euler SGHMC: at ηP up to 1.5 the discretization inflates the variance by up to 70%; the
+    sampler must match truth.sghmc_stationary_variance within 4 MCSE, with no allowance."""
     loss_fn, nbeta, localization, mean, _ = _gaussian_problem()
     precision = nbeta * np.array([1.0, 2.0, 4.0]) + localization
     learning_rate = 1.5 / precision.max()
     expected, _ = truth.sghmc_stationary_variance(precision, learning_rate, friction)
-    sampler = slt.samplers.sghmc(learning_rate, nbeta, localization, friction=friction)
+    sampler = slt.samplers.sghmc(
+        learning_rate, nbeta, localization, friction=friction, splitting="euler"
+    )
     draws = _assert_gaussian_variances(
         loss_fn, sampler, mean, expected, key=jax.random.key(5), num_draws=2000, num_burnin=500,
-        label=f"sghmc(friction={friction})",
+        label=f"sghmc(friction={friction}, euler)",
     )
     # and the bias is resolved: the exact posterior variance 1/P is far outside the tolerance
     assert abs(draws[..., 2].var() * precision[2] - 1) > 0.3
+
+
+@pytest.mark.parametrize("friction", [0.1, 1.0])
+def test_baoab_sghmc_gaussian_variance_is_exact(friction):
+    """BAOAB SGHMC (the default splitting) at the same ηP = 1.5: the position variance is the
+    target's 1/P (truth.baoab_stationary_variance) within 4 MCSE, where the Euler update's is
+    70% larger on the stiffest coordinate."""
+    loss_fn, nbeta, localization, mean, _ = _gaussian_problem()
+    precision = nbeta * np.array([1.0, 2.0, 4.0]) + localization
+    learning_rate = 1.5 / precision.max()
+    expected, _ = truth.baoab_stationary_variance(precision, learning_rate, friction)
+    sampler = slt.samplers.sghmc(learning_rate, nbeta, localization, friction=friction)
+    draws = _assert_gaussian_variances(
+        loss_fn, sampler, mean, expected, key=jax.random.key(5), num_draws=2000, num_burnin=500,
+        label=f"sghmc(friction={friction}, baoab)",
+    )
+    euler, _ = truth.sghmc_stationary_variance(precision, learning_rate, friction)
+    assert abs(draws[..., 2].var() / euler[2] - 1) > 0.2
 
 
 def test_sgnht_thermostat_keeps_unit_temperature_at_large_friction_per_step():

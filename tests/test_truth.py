@@ -337,6 +337,41 @@ def test_sghmc_stationary_variance_rejects_invalid_inputs(precision, learning_ra
         truth.sghmc_stationary_variance(precision, learning_rate, friction)
 
 
+@pytest.mark.parametrize("friction", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("fraction_of_bound", [0.02, 0.4, 0.9])
+def test_baoab_stationary_variance_solves_the_lyapunov_equation(friction, fraction_of_bound):
+    from scipy.linalg import solve_discrete_lyapunov
+
+    precision = 3.0
+    learning_rate = fraction_of_bound * 4 / precision
+    decay = 1 - friction
+    # state (u, v): k = v - eta P u; u1 = u + k/2; v' = c k + s xi; u' = u1 + v'/2
+    kick = np.array([-learning_rate * precision, 1.0])
+    velocity_row = decay * kick
+    position_row = np.array([1.0, 0.0]) + kick / 2 + velocity_row / 2
+    transition = np.vstack([position_row, velocity_row])
+    scale = np.sqrt(learning_rate * (1 - decay**2))
+    noise = np.array([[scale / 2], [scale]])
+    covariance = solve_discrete_lyapunov(transition, noise @ noise.T)
+    position, velocity = truth.baoab_stationary_variance(precision, learning_rate, friction)
+    assert position == pytest.approx(covariance[0, 0], rel=1e-9)
+    assert velocity == pytest.approx(covariance[1, 1], rel=1e-9)
+    # and it is the target's variance, unlike the Euler update's
+    assert position == pytest.approx(1 / precision, rel=1e-12)
+    if fraction_of_bound > 0.1:
+        euler, _ = truth.sghmc_stationary_variance(precision, learning_rate / 2, friction)
+        assert euler > 1.02 / precision
+
+
+@pytest.mark.parametrize(
+    "precision, learning_rate, friction",
+    [(0.0, 0.1, 0.1), (1.0, -0.1, 0.1), (1.0, 0.1, 0.0), (1.0, 0.1, 1.5), (10.0, 0.4, 0.1)],
+)
+def test_baoab_stationary_variance_rejects_invalid_inputs(precision, learning_rate, friction):
+    with pytest.raises(ValueError):
+        truth.baoab_stationary_variance(precision, learning_rate, friction)
+
+
 def test_linear_regression_loss_covariance_matches_monte_carlo():
     rng = np.random.default_rng(1)
     n, d, draws = 4, 3, 400_000
