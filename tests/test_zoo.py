@@ -110,7 +110,7 @@ def test_other_models_shapes():
 def test_icl_prediction_at_k_does_not_see_y_k():
     """Causality: the prediction of y_k depends on x_1..x_k and y_1..y_{k-1} only."""
     icl = InContextRegressionTransformer(rngs=nnx.Rngs(0))
-    data = make_icl_data(jax.random.key(1), 2)
+    data = make_icl_data(jax.random.key(1), 3)  # the size above: the same program
     changed = data["y"].at[:, 5].add(10.0)
     before, after = _apply(icl, data["x"], data["y"]), _apply(icl, data["x"], changed)
     np.testing.assert_array_equal(before[:, :6], after[:, :6])
