@@ -9,3 +9,20 @@ is meant to run in float32.
 import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+#: modules of independent heavy tests, each compiling its own programs: left to xdist one test
+#: at a time, so that they fill the two workers evenly at the end of the run
+_UNGROUPED = {"test_notebooks.py", "test_reference.py", "test_statistical.py", "test_sharding.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks (--dist loadgroup)
+def pytest_collection_modifyitems(items):
+    """Run each other module on one worker: its tests share module-scoped fixtures and the
+    programs they compile (eager NNX/JAX ops, samplers of the same shapes), which two workers
+    would each build again. A test's own xdist_group mark wins."""
+    for item in items:
+        if item.path.name not in _UNGROUPED and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
