@@ -26,3 +26,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name not in _UNGROUPED and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def pytest_configure(config):
+    # registered here too, so that a run without xdist (-p no:xdist) knows the mark
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
