@@ -321,9 +321,19 @@ if __name__ == "__main__":
     parser.add_argument("--compute-nuts", action="store_true",
                         help="recompute the NUTS references and estimate_llc defaults")
     parser.add_argument("--cases", type=int, nargs="*", default=None)
+    parser.add_argument("--keys", type=int, nargs="*", default=[0, 1, 2, 3])
+    parser.add_argument("--output", default=None,
+                        help="write the comparison rows as JSON (e.g. results/rrr_defaults.json)")
     args = parser.parse_args()
     if args.compute_nuts:
         compute_references(args.cases)
     else:
-        main(indices=args.cases)
+        rows = main(indices=args.cases, keys=tuple(args.keys))
+        if args.output:
+            with open(args.output, "w") as handle:
+                json.dump({"estimator": "estimate_llc defaults", "keys": args.keys,
+                           "jax_version": jax.__version__,
+                           "rows": [dict(zip(("case", "widths", "nuts", "nuts_mcse", "estimate",
+                                              "sem_over_keys", "relative_error"), row))
+                                    for row in rows]}, handle, indent=1)
         sys.exit(0)
