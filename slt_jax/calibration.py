@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 DEFAULT_SAFETY_FACTOR = 0.1
-DEFAULT_FRICTION = 0.1
+DEFAULT_FRICTION = 0.03  # SGHMC's (BAOAB) starting friction; raised against gradient noise
 DEFAULT_NOISE_TOLERANCE = 0.01
 
 
@@ -227,7 +227,7 @@ def step_size_for(
     *,
     safety_factor: float = DEFAULT_SAFETY_FACTOR,
     stability: float = 0.1,
-    friction: float = 0.1,
+    friction: float = DEFAULT_FRICTION,
 ) -> float:
     """The step size of ``sampler_name`` with SGLD's bias at ``safety_factor / max_curvature``.
 
@@ -245,7 +245,8 @@ def step_size_for(
 
 
 def sampler_options_for(
-    sampler_name: str, step_size: float, *, stability: float = 0.1, friction: float = 0.1
+    sampler_name: str, step_size: float, *, stability: float = 0.1,
+    friction: float = DEFAULT_FRICTION,
 ) -> dict:
     """The non-step hyperparameters that :func:`step_size_for`'s rule assumes."""
     options = {"stability": stability, "friction": friction}
@@ -315,6 +316,7 @@ def gradient_noise_heating(
     nbeta: float,
     batch_size: int,
     friction: float = DEFAULT_FRICTION,
+    splitting: str = "baoab",
 ) -> float | None:
     r"""The LLC excess from minibatch gradient noise, to first order in the step size.
 
@@ -324,8 +326,11 @@ def gradient_noise_heating(
     :math:`(\epsilon/2)^2 n\beta^2 V_{jj}/B` on top of the injected :math:`\epsilon`, raising
     the temperature of coordinate :math:`j` by :math:`h_j = \epsilon\, n\beta^2 V_{jj}/(4B)`;
     SGHMC's velocity carries :math:`\eta^2 n\beta^2 V_{jj}/B` on top of :math:`2\alpha\eta`:
-    :math:`h_j = \eta\, n\beta^2 V_{jj}/(2\alpha B)` (Chen et al. 2014 correct this with
-    :math:`\hat\beta`). Each quadratic direction holds :math:`\tfrac12` of the LLC, so the
+    :math:`h_j = \eta\, n\beta^2 V_{jj}/(2\alpha B)` for Chen et al.'s update
+    (``splitting="euler"``; they correct it with :math:`\hat\beta`) and
+    :math:`h_j = \eta\, n\beta^2 V_{jj}(2-\alpha)/(4\alpha B)` for BAOAB (the default; the
+    noisy kick is half refreshed before it moves the position), both from the discrete Lyapunov
+    equation of the update on a quadratic, to first order in :math:`\eta P`. Each quadratic direction holds :math:`\tfrac12` of the LLC, so the
     excess is about :math:`\sum_j h_j / 2` (an upper bound where :math:`\gamma` dominates a
     direction). Returns ``None`` for samplers this model does not cover (the preconditioned
     ones; SGNHT's thermostat absorbs the heat): the family's ``gradient_noise_heating``.
@@ -333,7 +338,8 @@ def gradient_noise_heating(
     heating = sampler_family(sampler_name).gradient_noise_heating
     if batch_size <= 0 or heating is None:
         return None
-    return heating(step_size, nbeta**2 * gradient_variance / batch_size, {"friction": friction})
+    return heating(step_size, nbeta**2 * gradient_variance / batch_size,
+                   {"friction": friction, "splitting": splitting})
 
 
 def gradient_noise_bias(
@@ -345,25 +351,39 @@ def gradient_noise_bias(
     batch_size: int,
     llc: float,
     friction: float = DEFAULT_FRICTION,
+    splitting: str = "baoab",
 ) -> float | None:
     """Relative LLC bias from minibatch gradient noise: :func:`gradient_noise_heating` / ``llc``."""
     heating = gradient_noise_heating(
         sampler_name, step_size=step_size, gradient_variance=gradient_variance, nbeta=nbeta,
-        batch_size=batch_size, friction=friction,
+        batch_size=batch_size, friction=friction, splitting=splitting,
     )
     if heating is None or llc <= 0:
         return None
     return heating / llc
 
 
-def _friction_for_noise(coefficient, tolerance):
-    r"""Smallest friction in [DEFAULT_FRICTION, 1] with SGHMC's noise bias ``K(2-α)/α`` ≤ tolerance.
+def _friction_for_noise(bias_at, tolerance):
+    r"""Smallest friction in [DEFAULT_FRICTION, 1] with SGHMC's predicted noise bias ≤ tolerance.
 
-    At a fixed curvature the learning rate scales as :math:`\eta \propto (2-\alpha)`, so the
-    bias :math:`\eta\,n\beta^2\operatorname{tr}V/(4\alpha B\lambda)` is :math:`K(2-\alpha)/\alpha`.
+    ``bias_at(α)`` is the predicted relative LLC bias at friction :math:`\alpha` with the step
+    size rescaled by the calibration's rule (:math:`\eta \propto 2-\alpha` at a fixed
+    curvature): :math:`K(2-\alpha)/\alpha` for Chen et al.'s update and
+    :math:`K(2-\alpha)^2/\alpha` for BAOAB, both decreasing in :math:`\alpha`; solved by
+    bisection.
     """
-    required = 2.0 * coefficient / (tolerance + coefficient)
-    return float(min(1.0, max(DEFAULT_FRICTION, required)))
+    low, high = DEFAULT_FRICTION, 1.0
+    if bias_at(low) <= tolerance:
+        return low
+    if bias_at(high) > tolerance:
+        return high
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if bias_at(middle) > tolerance:
+            low = middle
+        else:
+            high = middle
+    return float(high)
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,11 +600,17 @@ def _pilot_llc(problem, search, heating_at, init_loss) -> float | None:
 def _tune_friction(problem, search, bias, heating_at, pilot_llc, tolerance):
     """SGHMC: raise the friction (and rescale the step) until the noise bias is ≤ tolerance."""
     friction = search.options["friction"]
-    coefficient = bias * friction / (2.0 - friction)
-    new_friction = _friction_for_noise(coefficient, tolerance)
-    if new_friction == friction:
+
+    def step_at(alpha):
+        return search.step_size * (2.0 - alpha) / (2.0 - friction)
+
+    def bias_at(alpha):
+        return heating_at(step_at(alpha), {**search.options, "friction": alpha}) / pilot_llc
+
+    new_friction = _friction_for_noise(bias_at, tolerance)
+    if new_friction <= friction:
         return search, bias
-    step = search.step_size * (2.0 - new_friction) / (2.0 - friction)
+    step = step_at(new_friction)
     options = {**search.options, "friction": new_friction}
     search.rounds.append(dict(
         round=len(search.rounds), where=f"friction {new_friction:.2g} (grad. noise)", step_size=step
@@ -609,6 +635,7 @@ def _gradient_noise_control(problem, search, key, tune_friction, tolerance, nois
         return gradient_noise_heating(
             problem.family.name, step_size=step, gradient_variance=variance, nbeta=problem.nbeta,
             batch_size=problem.batch_size, friction=options.get("friction", DEFAULT_FRICTION),
+            splitting=options.get("splitting", "baoab"),
         )
 
     pilot_llc = _pilot_llc(problem, search, heating_at, init_loss)
@@ -681,8 +708,8 @@ def calibrate_step_size(
     pilots' LLC (``init_loss`` is :math:`L_n(w^*)`, computed if not given), less the pilots' own
     predicted heating. It bounds the relative LLC bias that minibatch gradient noise adds
     (:func:`gradient_noise_heating`; reported in ``Calibration.gradient_noise_bias``). SGHMC is
-    2/α times more sensitive to it than SGLD: with ``friction=None`` (the default) SGHMC's
-    friction becomes the smallest value in [0.1, 1] that keeps the bias below
+    about 2/α times more sensitive to it than SGLD: with ``friction=None`` (the default) SGHMC's
+    friction becomes the smallest value in [0.03, 1] that keeps the bias below
     ``noise_tolerance`` (1%), and where that is not enough (or for SGLD) the step size is cut
     in proportion. Measured on the DLN suite: a 46k-parameter network was overestimated by
     8-15% at friction 0.1 and batch 500; the calibration chose friction 0.46 and gave −0.1%.

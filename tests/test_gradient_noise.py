@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 
 import slt_jax as slt
 from slt_jax import diagnostics
@@ -16,6 +17,7 @@ from slt_jax.calibration import (
     _gradient_variance_sum,
     calibrate_step_size,
     gradient_noise_bias,
+    sampler_family,
 )
 
 
@@ -66,14 +68,20 @@ def _relative_excess(noisy, full):
 
 
 @pytest.mark.parametrize(
-    "name, batch_size, make",
+    "name, batch_size, splitting",
     [
-        # both at step·P = 0.1 and a predicted heating of about 15%
-        ("sgld", 32, lambda nbeta: slt.samplers.sgld(5e-4, nbeta, 1.0)),
-        ("sghmc", 128, lambda nbeta: slt.samplers.sghmc(5e-4, nbeta, 1.0, friction=0.5)),
+        # all at step·P = 0.1 and a predicted heating of 11-15%
+        ("sgld", 32, None),
+        ("sghmc", 128, "baoab"),
+        ("sghmc", 128, "euler"),
     ],
 )
-def test_minibatch_heating_matches_gradient_noise_bias(name, batch_size, make):
+def test_minibatch_heating_matches_gradient_noise_bias(name, batch_size, splitting):
+    def make(nbeta):
+        if name == "sgld":
+            return slt.samplers.sgld(5e-4, nbeta, 1.0)
+        return slt.samplers.sghmc(5e-4, nbeta, 1.0, friction=0.5, splitting=splitting)
+
     loss_fn, params, data, *_ = _regression()
     nbeta = 200.0
     sampler = make(nbeta)
@@ -86,6 +94,7 @@ def test_minibatch_heating_matches_gradient_noise_bias(name, batch_size, make):
         name, step_size=float(sampler.hyperparameters["step_size"]), gradient_variance=variance,
         nbeta=nbeta, batch_size=batch_size, llc=full.mean(),
         friction=float(sampler.hyperparameters.get("friction", DEFAULT_FRICTION)),
+        splitting=splitting or "baoab",
     )
     measured, mcse = _relative_excess(noisy, full)
     assert 0.1 < predicted < 0.2
@@ -94,14 +103,53 @@ def test_minibatch_heating_matches_gradient_noise_bias(name, batch_size, make):
     assert abs(measured - predicted) < 4 * mcse + 0.005, (measured, predicted, mcse)
 
 
-def test_friction_rule_keeps_the_predicted_bias_at_the_tolerance():
+@pytest.mark.parametrize("power", [1, 2])  # Euler: K(2-α)/α; BAOAB: K(2-α)²/α
+def test_friction_rule_keeps_the_predicted_bias_at_the_tolerance(power):
+    chosen = []
     for coefficient in [1e-5, 1e-3, 3e-3, 0.02, 1.0]:
-        friction = _friction_for_noise(coefficient, 0.01)
+        def bias_at(alpha):
+            return coefficient * (2 - alpha) ** power / alpha
+
+        friction = _friction_for_noise(bias_at, 0.01)
+        chosen.append(friction)
         assert DEFAULT_FRICTION <= friction <= 1.0
-        bias = coefficient * (2 - friction) / friction
-        assert bias <= 0.01 + 1e-12 or friction == 1.0
-        if friction > DEFAULT_FRICTION and friction < 1.0:
-            assert bias == pytest.approx(0.01)
+        assert bias_at(friction) <= 0.01 * (1 + 1e-9) or friction == 1.0
+        if DEFAULT_FRICTION < friction < 1.0:
+            assert bias_at(friction) == pytest.approx(0.01)
+    assert chosen[0] == DEFAULT_FRICTION and chosen[-1] == 1.0
+
+
+@pytest.mark.parametrize("splitting", ["baoab", "euler"])
+def test_sghmc_heating_model_matches_the_discrete_lyapunov_equation(splitting):
+    """The heating model's per-coordinate temperature excess is the exact stationary position
+    variance of the linear update with gradient noise, to first order in ηP."""
+    eta, precision, noise = 1e-4, 1.0, 100.0  # ηP small, η·N = 0.01
+    for alpha in [0.03, 0.1, 0.5, 0.9]:
+        c = 1.0 - alpha
+        if splitting == "baoab":
+            kick, kick_noise = np.array([-eta * precision, 1.0]), np.array([-eta, 0.0])
+            refresh = c * kick
+            refresh_noise = c * kick_noise + np.array([0.0, np.sqrt(eta * alpha * (2 - alpha))])
+            position = np.array([1.0, 0.0]) + (kick + refresh) / 2
+            position_noise = (kick_noise + refresh_noise) / 2
+            transition = np.vstack([position, refresh])
+            inputs = np.vstack([position_noise, refresh_noise])
+        else:
+            velocity = np.array([-eta * precision, c])
+            velocity_noise = np.array([-eta, np.sqrt(2 * alpha * eta)])
+            transition = np.vstack([np.array([1.0, 0.0]) + velocity, velocity])
+            inputs = np.vstack([velocity_noise, velocity_noise])
+
+        def temperature(gradient_noise):
+            covariance = inputs @ np.diag([gradient_noise, 1.0]) @ inputs.T
+            return scipy.linalg.solve_discrete_lyapunov(transition, covariance)[0, 0] * precision
+
+        excess = temperature(noise) - temperature(0.0)
+        # the family's heating is the LLC excess Σ h_j / 2 with noise N per coordinate
+        model = 2 * sampler_family("sghmc").gradient_noise_heating(
+            eta, noise, {"friction": alpha, "splitting": splitting}
+        )
+        assert excess == pytest.approx(model, rel=1e-3), (alpha, excess, model)
 
 
 def test_calibrated_friction_keeps_the_minibatch_bias_at_one_percent():

@@ -57,7 +57,8 @@ def estimate_llc(
         \hat\lambda(w^*) = n\beta\,\big(\mathbb E_{p}[L_n(w)] - L_n(w^*)\big),\qquad
         p(w) \propto e^{-n\beta L_n(w) - \frac{\gamma}{2}\lVert w - w^*\rVert^2}
 
-    (Lau et al. 2023, arXiv 2308.12108). Defaults: SGHMC with friction 0.1,
+    (Lau et al. 2023, arXiv 2308.12108). Defaults: SGHMC (BAOAB splitting) with friction 0.03
+    (raised by the calibration against minibatch gradient noise),
     :math:`n\beta = n/\log n`, :math:`\gamma = 1`, batch size ``min(n, 500)``, 4 chains × 4000
     draws after ``num_draws // 2`` burn-in steps, and a step size calibrated from the top Hessian
     eigenvalue at :math:`w^*` and where pilot chains go
