@@ -212,3 +212,31 @@ def test_no_noise_adjustment_for_a_quiet_problem():
     assert dict(quiet.options)["friction"] == DEFAULT_FRICTION
     assert quiet.gradient_noise_bias < 0.01
     assert "grad. noise" not in quiet.table()
+
+
+def test_estimate_llc_reports_the_noise_bias_where_the_chains_ended():
+    """A fixed SGHMC sampler at batch 128 (no calibration to raise the friction): the heating
+    predicted at the main run's endpoints bounds the excess over full batch (measured with the
+    full-data loss on the same key) within 1.5x, and above 3% it warns."""
+    loss_fn, params, data, *_ = _regression()
+    nbeta, batch_size = 200.0, 128
+    sampler = slt.samplers.sghmc(5e-4, nbeta, 1.0, friction=0.5)
+    with pytest.warns(RuntimeWarning, match="gradient noise where the chains ended predicts"):
+        result = slt.estimate_llc(
+            loss_fn, params, data, key=jax.random.key(0), sampler=sampler, num_chains=8,
+            num_draws=1000, batch_size=batch_size,
+        )
+    predicted = result.hyperparameters["gradient_noise_bias_at_end"]
+    assert 0.05 < predicted < 0.25
+    full = _llc_with_full_loss(loss_fn, params, data, sampler, nbeta, None, jax.random.key(1))
+    noisy = _llc_with_full_loss(loss_fn, params, data, sampler, nbeta, batch_size,
+                                jax.random.key(1))
+    measured, mcse = _relative_excess(noisy, full)
+    # an upper bound, to first order: the heated chains end farther from w*, where the
+    # residuals (so tr V) are larger than on average (measured 0.117 vs predicted 0.150)
+    assert measured - 4 * mcse < predicted < 1.5 * (measured + 4 * mcse), (
+        measured, predicted, mcse)
+    # full batch: nothing to predict
+    quiet = slt.estimate_llc(loss_fn, params, data, key=jax.random.key(0), sampler=sampler,
+                             num_chains=2, num_draws=200, batch_size=None)
+    assert quiet.hyperparameters["gradient_noise_bias_at_end"] is None
