@@ -240,3 +240,28 @@ def test_estimate_llc_reports_the_noise_bias_where_the_chains_ended():
     quiet = slt.estimate_llc(loss_fn, params, data, key=jax.random.key(0), sampler=sampler,
                              num_chains=2, num_draws=200, batch_size=None)
     assert quiet.hyperparameters["gradient_noise_bias_at_end"] is None
+
+
+def test_estimate_llc_reruns_at_a_larger_batch_when_the_end_of_run_noise_is_high():
+    """batch_size="auto" (500 of 4000) with a fixed step and friction 0.5: the end-of-run
+    prediction is ~3.5%, above the 2% rerun threshold, so the run is repeated at batch
+    500·ceil(bias/1%) and the result agrees with a full-batch run."""
+    loss_fn, params, data, *_ = _regression()
+    kwargs = dict(sampler="sghmc", nbeta=200.0, step_size=5e-4,
+                  sampler_options={"friction": 0.5}, num_chains=8, num_draws=1000)
+    result = slt.estimate_llc(loss_fn, params, data, key=jax.random.key(0), **kwargs)
+    hyper = result.hyperparameters
+    assert hyper["batch_size_raised_from"] == 500
+    assert hyper["batch_size"] in (1500, 2000, 2500)
+    assert hyper["gradient_noise_bias_at_end"] < 0.015
+    full = slt.estimate_llc(loss_fn, params, data, key=jax.random.key(1), batch_size=None,
+                            **kwargs)
+    # the remaining predicted heating (~1%) plus 4 MCSE of the difference
+    allowance = 4 * np.hypot(result.mcse, full.mcse) + 0.015 * full.mean
+    assert abs(result.mean - full.mean) < allowance, (result.mean, full.mean, allowance)
+    # an explicit batch size is respected (and the high prediction is reported)
+    with pytest.warns(RuntimeWarning, match="gradient noise where the chains ended"):
+        fixed = slt.estimate_llc(loss_fn, params, data, key=jax.random.key(0), batch_size=250,
+                                 **kwargs)
+    assert fixed.hyperparameters["batch_size_raised_from"] is None
+    assert fixed.hyperparameters["batch_size"] == 250
