@@ -712,7 +712,11 @@ def calibrate_step_size(
     friction becomes the smallest value in [0.03, 1] that keeps the bias below
     ``noise_tolerance`` (1%), and where that is not enough (or for SGLD) the step size is cut
     in proportion. Measured on the DLN suite: a 46k-parameter network was overestimated by
-    8-15% at friction 0.1 and batch 500; the calibration chose friction 0.46 and gave −0.1%.
+    8-15% at friction 0.1 and batch 500 (Euler update); the calibration chose friction 0.46 and
+    gave −0.1% (BAOAB: 0.27 and −0.5%). The pilots end closer to :math:`w^*` than a long run's
+    chains, where per-example gradients differ less, so this is an underestimate on models whose
+    gradient noise grows away from :math:`w^*`; :func:`slt_jax.estimate_llc` checks again where
+    its chains ended.
     Everything a rule needs to know about the sampler comes from its
     :class:`~slt_jax.samplers.SamplerFamily` record.
 
