@@ -440,9 +440,10 @@ def _step_for(problem: _Problem, largest: float, options: dict) -> tuple[float, 
 
 def _pilot_sampler(problem: _Problem, step_size: float, options: dict):
     family = problem.family
+    extra = {"splitting": options["splitting"]} if "splitting" in options else {}
     return family.factory(
         step_size, problem.nbeta, problem.localization, mask=problem.mask,
-        **family.calibrated_options(step_size, options),
+        **family.calibrated_options(step_size, options), **extra,
     )
 
 
@@ -674,6 +675,7 @@ def calibrate_step_size(
     safety_factor: float = DEFAULT_SAFETY_FACTOR,
     stability: float = 0.1,
     friction: float | None = None,
+    splitting: str | None = None,
     noise_tolerance: float = DEFAULT_NOISE_TOLERANCE,
     noise_examples: int = 256,
     pilot_steps: int = 500,
@@ -732,6 +734,8 @@ def calibrate_step_size(
       sampler_name: the sampler family (``"sgld"``, ``"sghmc"``, ...).
       safety_factor: :math:`\kappa` in :math:`\epsilon = \kappa/\lambda_{max}`.
       stability, friction: the family's options (``friction=None``: tuned for SGHMC).
+      splitting: SGHMC's integrator for the pilots and the heating model (``None``: the
+        sampler's default, BAOAB).
       noise_tolerance: largest predicted relative LLC bias from gradient noise.
       noise_examples: examples on which the per-example gradient variance is measured.
       pilot_steps, max_pilot_rounds, max_pilot_halvings: the pilot search (see above).
@@ -747,6 +751,8 @@ def calibrate_step_size(
       the evidence (``.table()``, ``.summary()``).
     """
     family = sampler_family(sampler_name)
+    if splitting is not None and family.name != "sghmc":
+        raise ValueError(f"splitting is an option of sghmc only, not of {family.name!r}")
     check_params(params)
     subset_key, vector_key, pilot_key = jax.random.split(key, 3)
     subset = _subset_indices(num_examples(data), subset_key, max_examples)
@@ -760,6 +766,8 @@ def calibrate_step_size(
     if friction is not None:
         options["friction"] = float(friction)
     options.setdefault("friction", DEFAULT_FRICTION)
+    if splitting is not None:
+        options["splitting"] = splitting
     eigenvalue = _curvature_at_center(problem, vector_key)
     step, curvature = _step_for(problem, eigenvalue, options)
     search = _Search(eigenvalue, step, curvature, options, [

@@ -265,3 +265,19 @@ def test_estimate_llc_reruns_at_a_larger_batch_when_the_end_of_run_noise_is_high
                                  **kwargs)
     assert fixed.hyperparameters["batch_size_raised_from"] is None
     assert fixed.hyperparameters["batch_size"] == 250
+
+
+def test_calibration_uses_the_requested_splitting():
+    """Euler heats by 2/(2-α) times BAOAB's at the same friction, so it needs more friction for
+    the same 1% (the pilots run the requested update); splitting is an SGHMC option only."""
+    loss_fn, params, data, *_ = _regression(noise=0.3)
+    kwargs = dict(key=jax.random.key(2), nbeta=200.0, localization=1.0, sampler_name="sghmc",
+                  batch_size=160, num_chains=16)
+    baoab = calibrate_step_size(loss_fn, params, data, **kwargs)
+    euler = calibrate_step_size(loss_fn, params, data, splitting="euler", **kwargs)
+    for calibration in (baoab, euler):
+        assert calibration.gradient_noise_bias == pytest.approx(0.01, rel=1e-6)
+    assert dict(euler.options)["friction"] > dict(baoab.options)["friction"]
+    with pytest.raises(ValueError, match="splitting is an option of sghmc only"):
+        calibrate_step_size(loss_fn, params, data, **{**kwargs, "sampler_name": "sgld"},
+                            splitting="euler")

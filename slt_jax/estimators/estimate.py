@@ -481,7 +481,8 @@ def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization,
         loss_fn, params, data, key=key, nbeta=nbeta, localization=localization,
         sampler_name=name, safety_factor=safety_factor, num_chains=num_chains,
         batch_size=batch_size, init_loss=init_loss, progress=progress, mask=mask,
-        **{k: user_options[k] for k in ("friction", "stability") if k in user_options},
+        **{k: user_options[k] for k in ("friction", "stability", "splitting")
+           if k in user_options},
     )
     options = {**dict(calibration.options), **user_options}
     return (family.factory(calibration.step_size, nbeta, localization, mask=mask, **options),
