@@ -129,6 +129,11 @@ def _demo(args) -> int:
         print("calibration: " + calibration.summary())
     relative_error = result.mean / true_lambda - 1.0
     print(f"sampler         : {result.hyperparameters['sampler']}")
+    raised_from = result.hyperparameters.get("batch_size_raised_from")
+    if raised_from is not None:
+        batch = result.hyperparameters["batch_size"]
+        print(f"batch size      : {raised_from} → {batch or 'full'} (rerun: the gradient noise "
+              "where the first run's chains ended predicted more than 2% bias)")
     print(
         f"estimated LLC   : {result.mean:.3f} ± {result.mcse:.3f} (MCSE)   "
         f"R-hat {result.rhat:.3f}"
