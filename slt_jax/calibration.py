@@ -624,13 +624,11 @@ def _gradient_noise_control(problem, search, key, tune_friction, tolerance, nois
                             init_loss):
     """Measure tr V where the pilots ended and keep the predicted LLC bias ≤ ``tolerance``."""
     examples = np.arange(num_examples(problem.data)) if problem.subset is None else problem.subset
-    picked = _subset_indices(examples.size, key, noise_examples)
-    indices = examples if picked is None else examples[picked]
     with _shown(problem.progress, "calibrating: gradient noise"):
-        variance = float(_mean_gradient_variance(
-            search.endpoints, problem.data, indices, problem.flat_mask, loss_fn=problem.loss_fn,
-            chunk_size=min(32, indices.size),
-        ))
+        variance = _endpoint_gradient_variance(
+            problem.loss_fn, search.endpoints, problem.data, examples, key, noise_examples,
+            problem.flat_mask,
+        )
 
     def heating_at(step, options):
         return gradient_noise_heating(
@@ -791,6 +789,18 @@ def calibrate_step_size(
         options=tuple(family.calibrated_options(search.step_size, search.options).items()),
         pilot_llc=pilot_llc, gradient_noise_bias=noise_bias,
     )
+
+
+def _endpoint_gradient_variance(loss_fn, endpoints, data, examples, key, max_examples,
+                                flat_mask=None) -> float:
+    """``tr V`` averaged over chain ``endpoints``, on at most ``max_examples`` of ``examples``
+    (indices into ``data``) drawn with ``key``: the measurement behind the gradient-noise bias
+    (the calibration's pilots, and ``estimate_llc``'s check where its chains ended)."""
+    picked = _subset_indices(examples.size, key, max_examples)
+    indices = examples if picked is None else examples[picked]
+    return float(_mean_gradient_variance(
+        endpoints, data, indices, flat_mask, loss_fn=loss_fn, chunk_size=min(32, indices.size),
+    ))
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))

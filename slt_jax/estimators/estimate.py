@@ -213,9 +213,8 @@ def _noise_bias_at_end(loss_fn, params, data, setup, chosen, trace, batch_size, 
     the predicted heating).
     """
     from slt_jax.calibration import (
-        _mean_gradient_variance,
+        _endpoint_gradient_variance,
         _sampled_coordinates,
-        _subset_indices,
         gradient_noise_heating,
     )
 
@@ -232,13 +231,11 @@ def _noise_bias_at_end(loss_fn, params, data, setup, chosen, trace, batch_size, 
     if not estimate > 0:
         return None
     endpoints = jax.tree.map(lambda x: x[np.flatnonzero(kept)], trace.final_params)
-    picked = _subset_indices(setup.num_examples, jax.random.fold_in(setup.sampling_key, 7),
-                             examples)
-    indices = np.arange(setup.num_examples) if picked is None else picked
     _, flat_mask = _sampled_coordinates(params, chosen.mask)
-    variance = float(_mean_gradient_variance(
-        endpoints, data, indices, flat_mask, loss_fn=loss_fn, chunk_size=min(32, indices.size),
-    ))
+    variance = _endpoint_gradient_variance(
+        loss_fn, endpoints, data, np.arange(setup.num_examples),
+        jax.random.fold_in(setup.sampling_key, 7), examples, flat_mask,
+    )
     hyper = chosen.hyperparameters
     heating = gradient_noise_heating(
         chosen.name, step_size=float(hyper["step_size"]), gradient_variance=variance,
