@@ -2,7 +2,7 @@ r"""Exact finite-nβ references for the DLN suite: NUTS on sufficient statistics
 
 The DLN suite compares ``estimate_llc`` with Aoyagi's λ, the *asymptotic* (n → ∞) learning
 coefficient. The quantity an SGMCMC run estimates is the finite-nβ expectation
-``nβ (E_p[L_n] − L_n(w*))`` under the localized tempered posterior (MATH.md §0, γ = 1). The
+``nβ (E_p[L_n] − L_n(w*))`` under the localized tempered posterior (docs/mathematics.md §0, γ = 1). The
 two differ where the posterior cannot resolve the teacher's structure, e.g. a product
 singular value so small that, at this nβ, the posterior treats the teacher as having a lower
 rank (whose λ is smaller).

@@ -1,6 +1,6 @@
 """DLN benchmark suite: ``estimate_llc`` with calibrated defaults vs Aoyagi's exact λ.
 
-The protocol of MATH.md §7 (Furman & Lau, arXiv 2402.03698): a random deep linear network
+The protocol of docs/mathematics.md §7 (Furman & Lau, arXiv 2402.03698): a random deep linear network
 teacher (depth 2-6, Xavier-normal layers, each with probability ½ cut to a random rank),
 ``x ~ U[-10, 10]``, noise-free targets, ``n = 10,000``, sampled at ``w* = teacher``. For each
 sampler, ``slt_jax.estimate_llc(loss_fn, params, data, key=..., sampler=name)`` runs with no
@@ -49,6 +49,16 @@ def deep_instances(first_seed: int, seed: int = 77):
                                    parameter_count_range=(200, 2000))
         instances.append((list(widths), first_seed + len(instances)))
     return instances
+
+
+#: depth-6 minimal-rank networks with product rank 1 and widths of order 10 (issue 17: one such
+#: network read 12% low with no warning); teacher seed 1000 + 602 gives rank 1 for each
+RANK1_DEPTH6 = ([12, 10, 9, 11, 10, 8, 10], [9, 10, 12, 8, 11, 10, 9], [10, 9, 11, 10, 8, 12, 10])
+
+
+def rank1_instances(seed: int = 602):
+    """Depth-6 rank-1 networks (:data:`RANK1_DEPTH6`), all with instance seed ``seed``."""
+    return [(list(widths), seed) for widths in RANK1_DEPTH6]
 
 
 def summarize(rows, max_parameters=10_000):
@@ -111,6 +121,11 @@ def main(argv=None):
     parser.add_argument("--deep", action="store_true",
                         help="add four minimal-rank networks of depth 5 and 6 (200-2000 "
                         "parameters, issue 9) to the suite")
+    parser.add_argument("--rank1", action="store_true",
+                        help="add three depth-6 minimal-rank networks of product rank 1 "
+                        "(widths ~10, issue 17)")
+    parser.add_argument("--only", type=int, nargs="*",
+                        help="run only the instances with these instance seeds")
     parser.add_argument("--estimate-kwargs", default="{}",
                         help="JSON dict of extra estimate_llc arguments (for tuning)")
     args = parser.parse_args(argv)
@@ -119,6 +134,10 @@ def main(argv=None):
     instances = suite_instances(args.seed)
     if args.deep:
         instances += deep_instances(first_seed=500)
+    if args.rank1:
+        instances += rank1_instances()
+    if args.only:
+        instances = [(w, s) for w, s in instances if s in args.only]
     results = {}
     for sampler in args.samplers:
         rows = []
@@ -135,7 +154,8 @@ def main(argv=None):
             print(
                 f"{str(widths):>28} {row['parameters']:>7} {row['rank']:>3} "
                 f"{row['true_lambda']:>8.1f} {row['estimate']:>9.2f} "
-                f"{100 * row['relative_error']:>+7.1f}% {row['wall_time_seconds']:>5.1f}s",
+                f"{100 * row['relative_error']:>+7.1f}% {row['wall_time_seconds']:>5.1f}s"
+                f"  R̂ {row['rhat']:.3f} warned: {bool(row['warnings'])}",
                 flush=True,
             )
         results[sampler] = rows
@@ -143,7 +163,7 @@ def main(argv=None):
 
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     payload = {
-        "protocol": "MATH.md §7 DLN protocol; estimate_llc defaults; n=10000, x~U[-10,10]",
+        "protocol": "docs/mathematics.md §7 DLN protocol; estimate_llc defaults; n=10000, x~U[-10,10]",
         "teacher": "protocol" if args.protocol_teacher else "minimal-rank refactorization",
         "estimate_kwargs": extra,
         "machine": {

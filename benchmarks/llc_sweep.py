@@ -52,8 +52,9 @@ def problem(args):
 
 def sweep(loss_fn, checkpoints, data, masks, args, key, cells_per_run=None):
     result = slt.llc_over_checkpoints(
-        loss_fn, checkpoints, data, key=key, masks=masks, num_chains=4, num_draws=args.draws,
-        num_burnin=args.burnin, batch_size=32, cells_per_run=cells_per_run,
+        loss_fn, checkpoints, data, key=key, masks=masks, sampler="refined_llc_paper",
+        num_chains=4, num_draws=args.draws, num_burnin=args.burnin, batch_size=32,
+        cells_per_run=cells_per_run,
     )
     return result.mean
 

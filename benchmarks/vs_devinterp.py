@@ -38,7 +38,7 @@ transformer, measured with ``slt_jax.calibration.top_hessian_eigenvalue``), ``n�
 Conventions checked in devinterp 2.0.1's source: ``SGMCMC.sgld`` (the default
 ``sampling_method="sgmcmc_sgld"`` of ``devinterp.slt.sampling.sample``) updates
 ``Δw = −(lr/2)·(nβ·∇L_B + γ(w − w₀)) + √lr·N(0, 1)`` where ``L_B`` is the mean of the
-per-token losses returned by ``loss_fn`` over the batch and positions: that is MATH.md's SGLD
+per-token losses returned by ``loss_fn`` over the batch and positions: that is docs/mathematics.md's SGLD
 with ``ε = lr``, the same ``nβ`` and ``γ = localization``. ``devinterp.slt.llc.compute_llc``
 computes ``nβ·(mean over every step, burn-in included, of the minibatch loss − init_loss)``;
 with ``num_burnin_steps = 0`` on both sides the two estimators are the same. devinterp's

@@ -2,7 +2,7 @@
 
 Samplers are optax gradient transformations (:mod:`slt_jax.samplers`), :func:`sample` runs
 vmapped chains in one compiled program, and estimators reduce traces to local learning
-coefficients and friends. See MATH.md for every formula.
+coefficients and friends. See docs/mathematics.md for every formula.
 """
 
 from slt_jax import (

@@ -69,7 +69,7 @@ def check_framework_state(params: PyTree) -> None:
 
 
 def check_params(params: PyTree) -> None:
-    """Parameters must be a non-empty pytree of floating-point arrays."""
+    """Parameters must be a non-empty pytree of floating-point arrays, on one device."""
     check_framework_state(params)
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if not leaves:
@@ -81,6 +81,139 @@ def check_params(params: PyTree) -> None:
                 f"params leaf at {jax.tree_util.keystr(path)} has dtype {dtype}; expected a "
                 "floating-point array (cast integer parameters with jnp.asarray(x, jnp.float32))"
             )
+    check_one_device(params, "params")
+
+
+def check_one_device(tree: PyTree, what: str) -> None:
+    """The JAX arrays of ``tree`` that are committed to devices (``jax.device_put(x, device)``)
+    must all live on the same devices: one compiled program cannot take arguments pinned to
+    different ones. Arrays sharded over a mesh count as living on the mesh's devices."""
+    placed = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(leaf, jax.Array) and getattr(leaf, "committed", False):
+            devices = frozenset(leaf.sharding.device_set)
+            placed.setdefault(devices, jax.tree_util.keystr(path) or "<root>")
+    if len(placed) > 1:
+        listing = "; ".join(
+            f"{path} on {sorted(str(device) for device in devices)}"
+            for devices, path in list(placed.items())[:4]
+        )
+        raise ValueError(
+            f"{what} leaves are committed to different devices ({listing}); one compiled "
+            "program needs all its arguments on the same devices: move them there with "
+            "jax.device_put(x, device) (or leave them uncommitted), or pass a mesh= and shard "
+            "them over its devices"
+        )
+
+
+def check_positive_number(name: str, value, *, minimum_exclusive: float = 0.0) -> float:
+    """``value`` as a Python float that is finite, above ``minimum_exclusive`` and finite in
+    JAX's default float type (float32 unless x64 is on: 1e39 would become inf there).
+    ``TypeError`` for a non-number, ``ValueError`` otherwise, both saying what was expected."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number <= minimum_exclusive:
+        raise ValueError(f"{name} must be finite and > {minimum_exclusive:g}, got {value!r}")
+    largest = float(jnp.finfo(jnp.result_type(float)).max)
+    if abs(number) > largest:
+        raise ValueError(
+            f"{name}={number:g} overflows {jnp.result_type(float)} (largest {largest:.3g}), so "
+            "it would be inf in the compiled program; use a smaller value (or enable "
+            "jax_enable_x64)"
+        )
+    return number
+
+
+def check_mask_samples_something(params: PyTree, mask: PyTree | None) -> None:
+    """An estimator's mask (with the params' ``Frozen`` leaves taken out) must leave at least
+    one coordinate to sample: with none the chains cannot move and every LLC would read 0."""
+    from slt_jax.masks import trainable
+    from slt_jax.samplers import mask_as_floats
+
+    sampled = trainable(params, mask)
+    if sampled is None:
+        return
+    floats = mask_as_floats(sampled, params)  # validates the structure, shapes and values
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(floats)):
+        return
+    if any(np.any(np.asarray(leaf) > 0) for leaf in jax.tree.leaves(floats)):
+        return
+    frozen = "" if mask is sampled else (
+        " once the params' Frozen leaves (state an adapter carries, e.g. BatchNorm "
+        "statistics) are taken out")
+    raise ValueError(
+        f"mask selects no coordinate to sample: every leaf is False{frozen}, so the chains "
+        "could not move and the LLC would read 0. Select at least one parameter (see "
+        "slt_jax.masks, e.g. masks.select(params, 'blocks/0/*'))"
+    )
+
+
+def check_run_lengths(*, num_chains, num_draws, num_burnin=None, minimum_draws: int = 2) -> None:
+    """Run lengths of a one-call estimator, checked before any calibration: ``num_chains``
+    >= 1, ``num_draws`` >= ``minimum_draws`` (an error bar, and a covariance, need at least
+    two draws), ``num_burnin`` >= 0; ``None`` (the estimator's default) passes."""
+    check_int("num_chains", num_chains, 1)
+    if num_draws is None:
+        num_draws = minimum_draws
+    if isinstance(num_draws, (int, np.integer)) and not isinstance(num_draws, bool) \
+            and 0 < num_draws < minimum_draws:
+        raise ValueError(
+            f"num_draws must be an int >= {minimum_draws}, got {num_draws!r}: one draw per "
+            "chain has no error bar (MCSE, R-hat) and a covariance over one draw is 0"
+        )
+    check_int("num_draws", num_draws, minimum_draws)
+    if num_burnin is not None:
+        check_int("num_burnin", num_burnin, 0)
+
+
+def check_draws_for_covariance(name: str, shape: tuple) -> None:
+    """A covariance over draws (``ddof=1``) needs ``(num_chains, num_draws, ...)`` with at least
+    one chain and two draws in all."""
+    if len(shape) >= 2 and (shape[0] < 1 or shape[0] * shape[1] < 2):
+        raise ValueError(
+            f"{name} has shape {tuple(shape)}: a covariance over draws needs at least one chain "
+            "and two draws in all (num_chains, num_draws, ...)"
+        )
+
+
+def warn_nonfinite_entries(matrix, what: str, row_name: str, column_name: str,
+                           row_dims: int | None = None, stacklevel: int = 3):
+    """Return ``matrix``; first warn (``RuntimeWarning``) if some entries are nan/inf, naming
+    the rows (the first ``row_dims`` axes, default half of them) and columns (the rest) that
+    hold them. Only a flag and two index vectors leave the device; traced values pass."""
+    if isinstance(matrix, jax.core.Tracer) or jnp.ndim(matrix) < 2:
+        return matrix
+    matrix = jnp.asarray(matrix)
+    if bool(jnp.all(jnp.isfinite(matrix))):
+        return matrix
+    rows = int(math.prod(matrix.shape[:matrix.ndim // 2 if row_dims is None else row_dims]))
+    bad = ~jnp.isfinite(matrix.reshape(rows, -1))
+    # a non-finite loss of one example poisons its whole row (column): name those first
+    whole_rows = np.flatnonzero(np.asarray(jnp.all(bad, axis=1)))
+    whole_columns = np.flatnonzero(np.asarray(jnp.all(bad, axis=0)))
+    if whole_rows.size or whole_columns.size:
+        where = (f"entirely non-finite: {whole_rows.size} {row_name} row(s) "
+                 f"{_listed(whole_rows)} and {whole_columns.size} {column_name} column(s) "
+                 f"{_listed(whole_columns)}")
+    else:
+        some_rows = np.flatnonzero(np.asarray(jnp.any(bad, axis=1)))
+        some_columns = np.flatnonzero(np.asarray(jnp.any(bad, axis=0)))
+        where = (f"in {some_rows.size} {row_name} row(s) {_listed(some_rows)} and "
+                 f"{some_columns.size} {column_name} column(s) {_listed(some_columns)}")
+    warnings.warn(
+        f"the {what} has {int(jnp.sum(bad))} non-finite entries (nan/inf) of {bad.size}, "
+        f"{where} (flattened indices of the {rows} x {bad.shape[1]} matrix): the per-example "
+        "losses of those examples were nan or inf at some draws (e.g. a log or exp "
+        "overflowing away from w*), or the values overflowed (a very large beta). Fix "
+        "loss_fn on those examples or leave them out",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+    return matrix
 
 
 def num_examples(data: PyTree) -> int:
@@ -93,8 +226,9 @@ def num_examples(data: PyTree) -> int:
         shape = jnp.shape(leaf)
         if len(shape) == 0:
             raise ValueError(
-                f"data leaf at {jax.tree_util.keystr(path)} is a scalar; every data leaf needs a "
-                "leading example axis of length n"
+                f"data leaf at {jax.tree_util.keystr(path) or '<root>'} (a "
+                f"{type(leaf).__name__}) is a scalar; every data leaf needs a leading example "
+                "axis of length n"
             )
         sizes[jax.tree_util.keystr(path) or "<root>"] = shape[0]
     if len(set(sizes.values())) != 1:
@@ -102,7 +236,13 @@ def num_examples(data: PyTree) -> int:
         raise ValueError(
             "all data leaves must share the leading (example) axis length n; got " + listing
         )
-    return next(iter(sizes.values()))
+    size = next(iter(sizes.values()))
+    if size == 0:
+        raise ValueError(
+            "data has no examples (the leading axis of its leaves has length 0); expected at "
+            "least one example"
+        )
+    return size
 
 
 def example_batch(data: PyTree, size: int) -> PyTree:
@@ -134,7 +274,26 @@ def check_loss_fn(loss_fn: Callable, params: PyTree, data: PyTree, batch_size: i
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"loss_fn must return floating-point losses, got dtype {out.dtype}")
+    if out.ndim == 2 and out.shape[1] == batch_size:
+        _check_token_axis(loss_fn, params, data, batch_size, out.shape)
     return out.shape
+
+
+def _check_token_axis(loss_fn, params, data, batch_size, shape):
+    """A ``(b, b)`` output may be per-token losses with ``T == b``, or a broadcasting slip
+    (``(b, 1) - (b,)``): probe another batch size; per-token losses keep their ``T``."""
+    other = batch_size + 1
+    try:
+        probe = jax.eval_shape(loss_fn, params, example_batch(data, other))
+    except Exception:  # noqa: BLE001 (a loss that only takes one batch size: no claim)
+        return
+    if getattr(probe, "shape", None) == (other, other):
+        raise ValueError(
+            f"loss_fn returned shape {shape} for a batch of {batch_size} examples and "
+            f"{probe.shape} for {other}: its second axis follows the batch size, so these are "
+            "not per-token losses (b, T) but probably a broadcasting slip, e.g. predictions of "
+            "shape (b, 1) minus targets of shape (b,). Return per-example losses of shape (b,)"
+        )
 
 
 def check_key(key):
@@ -241,6 +400,23 @@ def check_query_data(query_data, loss_fn, params) -> tuple:
         shape = check_loss_fn(loss_fn, params, query, size)
         shapes.append((name, shape))
     return tuple(shapes)
+
+
+def check_same_structure(reference: PyTree, other: PyTree, name: str, reference_name: str):
+    """``other`` must have the pytree structure of ``reference`` (``loss_fn`` reads both): a
+    dict of several query sets where one data set was expected fails here, not in ``loss_fn``."""
+    expected, got = jax.tree.structure(reference), jax.tree.structure(other)
+    if expected == got:
+        return
+    hint = ""
+    if isinstance(other, Mapping) and not isinstance(reference, Mapping):
+        hint = (f" It is a dict with keys {list(other)[:6]}: {name} is one data set here; for "
+                "several query sets, call once per set or use "
+                "slt.sample(query_data={name: data, ...})")
+    raise TypeError(
+        f"{name} must be a data pytree with the structure of {reference_name} (loss_fn reads "
+        f"both), expected {expected}, got {got}.{hint}"
+    )
 
 
 def check_stream_names(observables: tuple, query_shapes: tuple) -> tuple:

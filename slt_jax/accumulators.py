@@ -57,6 +57,7 @@ The matrix products use ``Precision.HIGHEST`` (no TF32/bf16 passes on accelerato
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -67,13 +68,21 @@ PyTree = Any
 
 __all__ = [
     "Accumulator",
+    "BatchMeansState",
     "CovarianceResult",
     "CrossCovarianceState",
+    "DEFAULT_BATCH_SIZE",
+    "LinearTrendState",
     "MeanResult",
     "RunningMeanState",
+    "batch_means",
+    "batch_means_mcse",
     "covariance",
+    "covariance_mcse_of_draws",
     "cross_covariance",
     "cross_covariance_of_draws",
+    "linear_trend",
+    "linear_trend_of_draws",
     "mean_of_draws",
     "running_mean",
     "streaming_reduce",
@@ -705,3 +714,738 @@ def streaming_reduce(
         return finalize(jax.lax.scan(step, states, inputs)[0])
 
     return run(states, draws, weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# Monte Carlo standard errors of (cross-)covariances and correlations: batch means
+
+#: draws per chain in one batch of the batch-means MCSE when none is given: the sampler's
+#: default block (``slt_jax.sampling.DEFAULT_DRAWS_PER_BLOCK``), so that the streaming form
+#: inside :func:`slt_jax.sample` and the array forms cut the draws into the same batches
+DEFAULT_BATCH_SIZE = 128
+
+
+class BatchMeansState(NamedTuple):
+    r"""State of :func:`batch_means`: sums over batches of per-batch sufficient statistics.
+
+    A batch is ``batch_size`` consecutive draws of one chain (weight :math:`m_b`). With fixed
+    references :math:`r, s` (the pooled mean of the first block) its features are
+    :math:`u_b = \overline{(a - r)}_b` (``(A,)``), :math:`v_b = \overline{(b - s)}_b`,
+    :math:`E_b = \overline{(a - r)(b - s)^\top}_b` (``(A, B)``) and, for a correlation,
+    :math:`F_b = \overline{(a - r)^2}_b`, :math:`G_b = \overline{(b - s)^2}_b`.
+
+    Attributes:
+      reference_a, reference_b: ``(A,)``, ``(B,)`` the references :math:`r, s`.
+      total: :math:`N = \sum_b m_b`.
+      num_batches: number of batches with :math:`m_b > 0`.
+      sum_squared_weights: :math:`\sum_b m_b^2`.
+      vector_a: ``(k_a, A)``: :math:`\sum m u`, :math:`\sum m^2 u`, :math:`\sum m^2 u^2` (and
+        :math:`\sum m F`, :math:`\sum m^2 F`, :math:`\sum m^2 uF`, :math:`\sum m^2 F^2`).
+      vector_b: ``(k_b, B)``: the same for :math:`v, G`.
+      matrix: ``(k, A, B)``: :math:`\sum m^2 E`, :math:`\sum m^2 E^2`, :math:`\sum m^2 E u`,
+        :math:`\sum m^2 E v`, :math:`\sum m^2 u v` (and :math:`\sum m^2 EF`, :math:`\sum m^2
+        EG`, :math:`\sum m^2 uG`, :math:`\sum m^2 Fv`, :math:`\sum m^2 FG`), elementwise.
+      open_count: ``(C,)`` int: draws (of positive weight) in each chain's open batch, the one
+        not yet full; it carries over to the next block, so batches do not depend on the
+        block length. The sums above count closed batches only; :func:`close_batch_means`
+        (called by ``finalize`` and :func:`batch_means_mcse`) closes the open ones.
+      open_weight: ``(C,)`` the open batches' :math:`m` (this and the next three have 0 rows
+        with ``batch_size=None``, which carries nothing over).
+      open_a: ``(C, k'_a, A)``: their :math:`\sum w (a - r)` (and :math:`\sum w (a - r)^2`).
+      open_b: ``(C, k'_b, B)``: the same for :math:`b - s`.
+      open_matrix: ``(C, A, B)``: their :math:`\sum w (a - r)(b - s)^\top`.
+    """
+
+    reference_a: jax.Array
+    reference_b: jax.Array
+    total: jax.Array
+    num_batches: jax.Array
+    sum_squared_weights: jax.Array
+    vector_a: jax.Array
+    vector_b: jax.Array
+    matrix: jax.Array
+    open_count: jax.Array
+    open_weight: jax.Array
+    open_a: jax.Array
+    open_b: jax.Array
+    open_matrix: jax.Array
+
+
+def _batches(values: jax.Array, batch_size: int) -> jax.Array:
+    """``(C, L, ...)`` -> ``(C * ceil(L / batch_size), batch_size, ...)``, zero-padded."""
+    num_chains, length = values.shape[:2]
+    num_batches = -(-length // batch_size)
+    padding = num_batches * batch_size - length
+    values = jnp.pad(values, [(0, 0), (0, padding)] + [(0, 0)] * (values.ndim - 2))
+    return values.reshape(num_chains * num_batches, batch_size, *values.shape[2:])
+
+
+def _aligned_batches(arrays, mask, open_count, size: int, carry: bool):
+    """Each chain's draws of positive weight, in order, cut into batches of ``size`` that
+    continue the chain's open batch (``open_count`` draws already in it) when ``carry``.
+
+    Returns ``(batches, total)``: each array as ``(C, nb, size, ...)`` (slot 0 continues the
+    open batch; draws of weight 0 dropped, the rest zero-padded) and ``(C,)`` the draws counted
+    from the open batch's start: slots ``j < total // size`` are full (closed), slot
+    ``total // size`` is the new open batch (``total % size`` draws). Without ``carry``
+    (``size`` the block length, ``open_count`` 0) all slots close.
+    """
+    num_chains, block_len = mask.shape
+    start = open_count if carry else jnp.zeros_like(open_count)
+    num_slots = -(-(block_len + size - 1) // size) if carry else -(-block_len // size)
+    padded = num_slots * size
+    rank = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
+    target = jnp.where(mask, start[:, None] + rank, padded)
+    rows = jnp.broadcast_to(jnp.arange(num_chains)[:, None], mask.shape)
+
+    def aligned(values):
+        buffer = jnp.zeros((num_chains, padded, *values.shape[2:]), values.dtype)
+        buffer = buffer.at[rows, target].set(values, mode="drop")
+        return buffer.reshape(num_chains, num_slots, size, *values.shape[2:])
+
+    total = start + jnp.sum(mask, axis=1, dtype=jnp.int32)
+    return [aligned(values) for values in arrays], total
+
+
+def _raw_batch(delta_a, delta_b, weights, correlation: bool):
+    """Weighted sums of one batch: ``(m, [Σw a (, Σw a²)], [Σw b (, Σw b²)], Σw a bᵀ)``."""
+    weighted_a = weights[:, None] * delta_a
+    rows_a = [jnp.sum(weighted_a, axis=0)]
+    rows_b = [jnp.sum(weights[:, None] * delta_b, axis=0)]
+    if correlation:
+        rows_a.append(jnp.sum(weighted_a * delta_a, axis=0))
+        rows_b.append(jnp.sum(weights[:, None] * delta_b * delta_b, axis=0))
+    return (jnp.sum(weights), jnp.stack(rows_a), jnp.stack(rows_b),
+            _matmul_transposed(weighted_a, delta_b))
+
+
+def _closed_batch(sums, raw, correlation: bool):
+    """``sums`` = (vector_a, vector_b, matrix, num_batches, Σm²) with the batch ``raw`` added."""
+    count, rows_a, rows_b, product = raw
+    inverse = _safe_divide(jnp.ones_like(count), count)
+    f, g = (rows_a[1] * inverse, rows_b[1] * inverse) if correlation else (None, None)
+    added = _batch_sums(count, rows_a[0] * inverse, rows_b[0] * inverse, product * inverse, f,
+                        g, correlation)
+    return (tuple(s + x for s, x in zip(sums[:3], added))
+            + (sums[3] + (count > 0).astype(count.dtype), sums[4] + count * count))
+
+
+def close_batch_means(state: BatchMeansState) -> BatchMeansState:
+    """``state`` with every chain's open (partial) batch closed, as at the end of the draws
+    (the last batch of a chain may be shorter). Closing twice changes nothing."""
+    correlation = state.vector_a.shape[0] > 3
+
+    def close(sums, raw):
+        return _closed_batch(sums, raw, correlation), None
+
+    sums = (state.vector_a, state.vector_b, state.matrix, state.num_batches,
+            state.sum_squared_weights)
+    raws = (state.open_weight, state.open_a, state.open_b, state.open_matrix)
+    (vector_a, vector_b, matrix, num_batches, squared), _ = jax.lax.scan(close, sums, raws)
+    return state._replace(
+        num_batches=num_batches, sum_squared_weights=squared, vector_a=vector_a,
+        vector_b=vector_b, matrix=matrix, open_count=jnp.zeros_like(state.open_count),
+        open_weight=jnp.zeros_like(state.open_weight), open_a=jnp.zeros_like(state.open_a),
+        open_b=jnp.zeros_like(state.open_b), open_matrix=jnp.zeros_like(state.open_matrix))
+
+
+def _batch_sums(count, u, v, product, f, g, correlation: bool):
+    """The rows of ``vector_a``, ``vector_b``, ``matrix`` that one batch adds."""
+    squared = count * count
+    rows_a = [count * u, squared * u, squared * u * u]
+    rows_b = [count * v, squared * v, squared * v * v]
+    column_u, row_v = u[:, None], v[None, :]
+    rows = [squared * product, squared * product * product, squared * product * column_u,
+            squared * product * row_v, squared * column_u * row_v]
+    if correlation:
+        rows_a += [count * f, squared * f, squared * u * f, squared * f * f]
+        rows_b += [count * g, squared * g, squared * v * g, squared * g * g]
+        column_f, row_g = f[:, None], g[None, :]
+        rows += [squared * product * column_f, squared * product * row_g,
+                 squared * column_u * row_g, squared * column_f * row_v,
+                 squared * column_f * row_g]
+    return jnp.stack(rows_a), jnp.stack(rows_b), jnp.stack(rows)
+
+
+def batch_means(
+    stream_a: str, stream_b: str, *, batch_size: int | None = None, correlation: bool = False
+) -> Accumulator:
+    r"""Streaming sufficient statistics for the batch-means MCSE of a cross-covariance.
+
+    Each chain's draws (those of positive weight) are cut into batches of ``batch_size``
+    consecutive draws, counted from its first draw across blocks: a batch left open at the end
+    of a block is continued by the next one, so the batches, and the error bars, are those of
+    :func:`covariance_mcse_of_draws` with the same ``batch_size`` whatever the block length
+    (the sampler shrinks its blocks to fit memory). Only sums over closed batches are kept
+    (:class:`BatchMeansState`: ``5`` ``(A, B)`` matrices, ``10`` with ``correlation=True``,
+    whatever the number of draws), plus each chain's open batch (``(C, A, B)``);
+    :func:`batch_means_mcse` turns them into standard errors; see it for the algebra.
+
+    Args:
+      stream_a, stream_b: stream names (may be equal).
+      batch_size: draws per batch and chain; ``None``: one batch per block and chain (nothing
+        carried over).
+      correlation: also keep the statistics a correlation's MCSE needs.
+
+    Returns:
+      An :class:`Accumulator` whose ``finalize`` returns the :class:`BatchMeansState`.
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+
+    def init(shapes: Mapping[str, jax.ShapeDtypeStruct]) -> BatchMeansState:
+        shape_a, dtype_a = _stream_shape(shapes, stream_a)
+        shape_b, dtype_b = _stream_shape(shapes, stream_b)
+        if shape_a[0] != shape_b[0]:
+            raise ValueError(f"streams have different numbers of chains: {shape_a}, {shape_b}")
+        dtype = jnp.promote_types(dtype_a, dtype_b)
+        size_a, size_b = math.prod(shape_a[1:]), math.prod(shape_b[1:])
+        rows = (7, 7, 10) if correlation else (3, 3, 5)
+        open_rows = 2 if correlation else 1
+        zero = jnp.zeros((), dtype)
+        chains = shape_a[0] if batch_size is not None else 0  # None: no open batches
+        return BatchMeansState(
+            jnp.zeros((size_a,), dtype), jnp.zeros((size_b,), dtype), zero, zero, zero,
+            jnp.zeros((rows[0], size_a), dtype), jnp.zeros((rows[1], size_b), dtype),
+            jnp.zeros((rows[2], size_a, size_b), dtype), jnp.zeros(shape_a[:1], jnp.int32),
+            jnp.zeros((chains,), dtype), jnp.zeros((chains, open_rows, size_a), dtype),
+            jnp.zeros((chains, open_rows, size_b), dtype),
+            jnp.zeros((chains, size_a, size_b), dtype),
+        )
+
+    def update(state: BatchMeansState, block, weights) -> BatchMeansState:
+        block_len = jnp.shape(weights)[1]
+        if block_len == 0:
+            return state
+        dtype = state.total.dtype
+        mask, weights, block_count = _mask_and_weights(weights, dtype)
+        num_chains = mask.shape[0]
+
+        def flat(stream):
+            values = jnp.asarray(block[stream]).astype(dtype)
+            return values.reshape(num_chains, block_len, -1)
+
+        values_a, values_b = flat(stream_a), flat(stream_b)
+        block_total = jnp.sum(block_count)
+        first = state.total == 0
+
+        def reference(values, current):
+            pooled = jnp.sum(jnp.where(mask[:, :, None], weights[:, :, None] * values, 0), (0, 1))
+            return jnp.where(first, _safe_divide(pooled, block_total), current)
+
+        reference_a = reference(values_a, state.reference_a)
+        reference_b = reference(values_b, state.reference_b)
+        mask3 = mask[:, :, None]
+        delta_a = jnp.where(mask3, values_a - reference_a[None, None, :], 0)
+        delta_b = jnp.where(mask3, values_b - reference_b[None, None, :], 0)
+        carry = batch_size is not None
+        size = int(batch_size) if carry else block_len
+        (batches_a, batches_b, batch_weights), total = _aligned_batches(
+            (delta_a, delta_b, weights), mask, state.open_count, size, carry)
+        num_slots = batch_weights.shape[1]
+        closed_slots = total // size if carry else jnp.full_like(total, num_slots)
+        chain_index = jnp.repeat(jnp.arange(num_chains), num_slots)
+        slot_index = jnp.tile(jnp.arange(num_slots), num_chains)
+        old_open = (state.open_weight, state.open_a, state.open_b, state.open_matrix)
+
+        def fold(carried, inputs):
+            sums, new_open = carried
+            batch_a, batch_b, batch_w, chain, slot = inputs
+            raw = _raw_batch(batch_a, batch_b, batch_w, correlation)
+            if carry:  # slot 0 continues the chain's open batch
+                continued = (slot == 0).astype(dtype)
+                raw = tuple(x + continued * o[chain] for x, o in zip(raw, old_open))
+            closed = slot < closed_slots[chain]
+            added = _closed_batch(sums, raw, correlation)
+            sums = tuple(jnp.where(closed, x, y) for x, y in zip(added, sums))
+            if carry:  # the chain's new open batch
+                is_open = slot == closed_slots[chain]
+                new_open = tuple(o.at[chain].set(jnp.where(is_open, x, o[chain]))
+                                 for o, x in zip(new_open, raw))
+            return (sums, new_open), None
+
+        initial = (state.vector_a, state.vector_b, state.matrix, state.num_batches,
+                   state.sum_squared_weights)
+        zero_open = tuple(jnp.zeros_like(o) for o in old_open)
+        flat = lambda x: x.reshape(num_chains * num_slots, *x.shape[2:])  # noqa: E731
+        ((vector_a, vector_b, matrix, num_batches, squared), new_open), _ = jax.lax.scan(
+            fold, (initial, zero_open),
+            (flat(batches_a), flat(batches_b), flat(batch_weights), chain_index, slot_index),
+        )
+        open_count = total % size if carry else jnp.zeros_like(total)
+        return BatchMeansState(reference_a, reference_b, state.total + block_total, num_batches,
+                               squared, vector_a, vector_b, matrix, open_count, *new_open)
+
+    return Accumulator(tuple(dict.fromkeys((stream_a, stream_b))), init, update,
+                       close_batch_means)
+
+
+def batch_means_mcse(
+    state: BatchMeansState,
+    mean_product: jax.Array,
+    *,
+    scale: jax.Array | float = 1.0,
+    correlation: jax.Array | None = None,
+    variance_a: jax.Array | None = None,
+    variance_b: jax.Array | None = None,
+) -> jax.Array:
+    r"""Batch-means MCSE of a covariance (or correlation) from a :class:`BatchMeansState`.
+
+    **Covariance.** The pooled covariance is :math:`\hat K = s\,\bar P` with :math:`\bar P =
+    \frac1N \sum_{c,t}(a_{ct} - \bar a)(b_{ct} - \bar b)^\top` (global means) and :math:`s` the
+    ``ddof`` factor. Per batch :math:`b` (``m_b`` draws of one chain)
+    :math:`P_b = \overline{(a - \bar a)(b - \bar b)^\top}_b`, so :math:`\bar P = \sum_b m_b P_b
+    / N`. Batches much longer than the autocorrelation time are nearly independent, so
+    (batch means, in its cluster-robust form for unequal :math:`m_b`)
+
+    .. math::
+
+        \mathrm{MCSE}(\hat K)^2 = s^2\,\frac{B}{B - 1}\,\frac{1}{N^2}\sum_b m_b^2
+            (P_b - \bar P)^2 ,
+
+    elementwise, :math:`B` the number of batches. Slow drift and autocorrelation longer than a
+    draw make the :math:`P_b` scatter more, so they widen the error bar (a per-chain spread
+    around the global mean does not see drift that all chains share).
+
+    **Streaming with an unknown final mean.** :math:`\bar a` is known only at the end. With
+    fixed references :math:`r, s` and the batch features :math:`u_b, v_b, E_b` of
+    :class:`BatchMeansState`, :math:`\bar u = \bar a - r = \sum m_b u_b / N`,
+
+    .. math::
+
+        P_b = E_b - u_b \bar v^\top - \bar u v_b^\top + \bar u \bar v^\top, \qquad
+        P_b - \bar P = (E_b - \bar E) - (u_b - \bar u)\bar v^\top - \bar u (v_b - \bar v)^\top
+
+    exactly (:math:`\bar E = \bar P + \bar u \bar v^\top`). So :math:`P_b - \bar P = \sum_k c_k
+    (f_{k,b} - \bar f_k)` is linear in the features :math:`f = (E, u, v)` with coefficients
+    :math:`c = (1, -\bar v_j, -\bar u_i)` known at the end, and
+
+    .. math::
+
+        \sum_b m_b^2 (P_b - \bar P)^2 = \sum_{k,l} c_k c_l \Big[S_{kl} - \bar f_k S_l -
+            \bar f_l S_k + \bar f_k \bar f_l S_0\Big], \quad S_{kl} = \sum_b m_b^2 f_k f_l,\
+            S_k = \sum_b m_b^2 f_k,\ S_0 = \sum_b m_b^2 .
+
+    These sums are what the state holds: ``O(A B)``, never ``O(draws)``. No approximation is
+    made: centring at a reference instead (e.g. the first batch's mean) would add
+    :math:`(\bar v_j - s_j)^2 \mathrm{Var}(u_b)`-type terms, first order in the distance of the
+    reference from the final mean, which is not small under drift.
+
+    **Correlation** (delta method). :math:`\hat R = \hat K_{ab}/\sqrt{\hat K_{aa}\hat K_{bb}}`
+    moves by :math:`\delta R = x\,\delta P_{ab} + y\,\delta P_{aa} + z\,\delta P_{bb}` with
+    :math:`x = s/\sqrt{K_{aa}K_{bb}}`, :math:`y = -R s/(2K_{aa})`, :math:`z = -R s/(2K_{bb})`;
+    the same batch-means sum is taken of :math:`L_b = x P^{ab}_b + y P^{aa}_b + z P^{bb}_b`,
+    with :math:`P^{aa}_b - \bar P^{aa} = (F_b - \bar F) - 2\bar u (u_b - \bar u)`: features
+    :math:`(E, u, v, F, G)`, coefficients :math:`(x, -x\bar v - 2y\bar u, -x\bar u - 2z\bar v,
+    y, z)`. The reported MCSE is the larger of this and :math:`(1 - \hat R^2)\,
+    \mathrm{MCSE}(\hat K_{ab})/\sqrt{(1 + \hat R^2)\hat K_{aa}\hat K_{bb}}` (the delta
+    method's value for Gaussian-tailed draws, :math:`\mathrm{Var}\,\hat R \approx
+    (1 - R^2)^2/N`, since there :math:`\mathrm{Var}\,\hat K_{ab} \approx K_{aa}K_{bb}(1 +
+    R^2)/N`): with heavy-tailed
+    losses the :math:`y, z` terms make the delta method's error bar depend on the noise in
+    :math:`\hat R` itself, and on a model whose cross-task correlations are exactly 0 it was too
+    small where :math:`\hat R` happened to be large (mean :math:`z^2` 2.2 instead of 1.4 over 16
+    reruns; kurtosis of the losses 10-25). Entries with a zero variance get MCSE 0 (their
+    correlation is defined as 0).
+
+    Args:
+      state: the :func:`batch_means` state (open batches are closed here).
+      mean_product: ``(A, B)`` :math:`\bar P` (global centring, ``ddof=0``).
+      scale: :math:`s`, e.g. :math:`N/(N - \mathrm{ddof})`.
+      correlation, variance_a, variance_b: for a correlation's MCSE: ``(A, B)`` :math:`\hat R`
+        and the ``(A,)``, ``(B,)`` variances :math:`\hat K_{aa}, \hat K_{bb}` it was made from
+        (``state`` must come from ``batch_means(..., correlation=True)``).
+
+    Returns:
+      ``(A, B)`` standard errors (``nan`` with fewer than 2 batches).
+    """
+    state = close_batch_means(state)
+    total = state.total
+    mean = lambda row: _safe_divide(row, total)  # noqa: E731
+    u_bar, v_bar = mean(state.vector_a[0]), mean(state.vector_b[0])
+    squared = state.sum_squared_weights
+    column = lambda x: x[:, None]  # noqa: E731
+    row = lambda x: x[None, :]  # noqa: E731
+    means = {"E": mean_product + column(u_bar) * row(v_bar), "u": column(u_bar), "v": row(v_bar)}
+    sums = {"E": state.matrix[0], "u": column(state.vector_a[1]), "v": row(state.vector_b[1])}
+    pairs = {("E", "E"): state.matrix[1], ("E", "u"): state.matrix[2],
+             ("E", "v"): state.matrix[3], ("u", "v"): state.matrix[4],
+             ("u", "u"): column(state.vector_a[2]), ("v", "v"): row(state.vector_b[2])}
+    if correlation is None:
+        coefficients = {"E": jnp.ones_like(mean_product), "u": -row(v_bar), "v": -column(u_bar)}
+    else:
+        f_bar, g_bar = mean(state.vector_a[3]), mean(state.vector_b[3])
+        means.update(F=column(f_bar), G=row(g_bar))
+        sums.update(F=column(state.vector_a[4]), G=row(state.vector_b[4]))
+        pairs.update({("u", "F"): column(state.vector_a[5]), ("F", "F"): column(state.vector_a[6]),
+                      ("v", "G"): row(state.vector_b[5]), ("G", "G"): row(state.vector_b[6]),
+                      ("E", "F"): state.matrix[5], ("E", "G"): state.matrix[6],
+                      ("u", "G"): state.matrix[7], ("F", "v"): state.matrix[8],
+                      ("F", "G"): state.matrix[9]})
+        positive = column(variance_a) * row(variance_b) > 0
+        safe_a = column(jnp.where(variance_a > 0, variance_a, 1))
+        safe_b = row(jnp.where(variance_b > 0, variance_b, 1))
+        x = jnp.where(positive, scale / jnp.sqrt(safe_a * safe_b), 0)
+        y = jnp.where(positive, -correlation * scale / (2 * safe_a), 0)
+        z = jnp.where(positive, -correlation * scale / (2 * safe_b), 0)
+        coefficients = {"E": x, "u": -x * row(v_bar) - 2 * y * column(u_bar),
+                        "v": -x * column(u_bar) - 2 * z * row(v_bar), "F": y, "G": z}
+        null = {"E": x, "u": -x * row(v_bar), "v": -x * column(u_bar)}
+        scale = 1.0
+    batches = state.num_batches
+    factor = jnp.where(batches > 1, batches / jnp.where(batches > 1, batches - 1, 1), jnp.nan)
+    factor = factor * _safe_divide(jnp.ones_like(total), total * total)
+
+    def standard_error(coefficients):
+        names = list(coefficients)
+        sum_of_squares = jnp.zeros_like(mean_product)
+        for i, k in enumerate(names):
+            for l in names[i:]:
+                pair = pairs[(k, l)] if (k, l) in pairs else pairs[(l, k)]
+                centred = (pair - means[k] * sums[l] - means[l] * sums[k]
+                           + means[k] * means[l] * squared)
+                weight = coefficients[k] * coefficients[l] * (1 if k == l else 2)
+                sum_of_squares = sum_of_squares + weight * centred
+        return jnp.sqrt(factor * jnp.maximum(sum_of_squares, 0))
+
+    if correlation is None:
+        return jnp.abs(scale) * standard_error(coefficients)
+    # Gaussian draws: MCSE(K_ab)^2 ≈ K_aa K_bb (1 + R²)/N, Var R ≈ (1 - R²)²/N
+    return jnp.maximum(standard_error(coefficients),
+                       (1 - correlation**2) / jnp.sqrt(1 + correlation**2)
+                       * standard_error(null))
+
+
+def _ddof_scale(total, num_groups, center: str, ddof: float):
+    """:math:`N / (N - \\mathrm{ddof})` (global) or :math:`N / (N - \\mathrm{ddof}\\,C')`."""
+    groups = 1 if center == "global" else num_groups
+    denominator = total - ddof * groups
+    return jnp.where(denominator > 0, total / jnp.where(denominator > 0, denominator, 1), jnp.nan)
+
+
+def covariance_mcse_of_draws(
+    a, b, *, center: str = "global", ddof: float = 1, batch_size: int | None = None,
+    correlation: bool = False,
+) -> jax.Array:
+    r"""Batch-means MCSE of :func:`cross_covariance_of_draws` (or of the correlation).
+
+    The draws of each chain are cut into batches of ``batch_size`` consecutive draws
+    (default :data:`DEFAULT_BATCH_SIZE`, at most the number of draws; the last batch may be
+    shorter) and
+
+    .. math::
+
+        \mathrm{MCSE}(\hat K)^2 = s^2\,\frac{B}{B-1}\,\frac{1}{N^2}\sum_b m_b^2 (P_b - \bar P)^2,
+        \qquad P_b = \overline{(a - \bar a)(b - \bar b)^\top}_b
+
+    computed directly (two passes, one batch at a time: memory ``O(A B)``); see
+    :func:`batch_means_mcse` for the correlation's delta method and for the streaming form,
+    which gives the same numbers. The batch products are centred on the global means for both
+    ``center`` modes (with ``center="chain"`` the error bar then also counts offsets between
+    chains, which that estimator removes: conservative when chains sit apart).
+
+    Args:
+      a, b: ``(C, D, *event_a)``, ``(C, D, *event_b)`` draws.
+      center, ddof: those of the covariance whose MCSE is wanted.
+      batch_size: draws per batch and chain.
+      correlation: the MCSE of the correlation :math:`K_{ab}/\sqrt{K_{aa}K_{bb}}` instead.
+
+    Returns:
+      ``(*event_a, *event_b)`` standard errors (``nan`` with fewer than 2 batches).
+
+    Examples:
+      >>> import jax
+      >>> from slt_jax import accumulators
+      >>> draws = jax.random.normal(jax.random.key(0), (4, 512, 2))    # independent draws
+      >>> mcse = accumulators.covariance_mcse_of_draws(draws, draws, batch_size=64)
+      >>> bool(0.01 < float(mcse[0, 1]) < 0.04)                       # about 1/sqrt(2048)
+      True
+    """
+    _check_center(center)
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if jnp.shape(a)[:2] != jnp.shape(b)[:2] or a.ndim < 2:
+        raise ValueError(
+            f"a and b must share (num_chains, num_draws): {jnp.shape(a)}, {jnp.shape(b)}"
+        )
+    size = _resolved_batch_size(batch_size, a.shape[1])
+    if a.shape[0] * math.ceil(a.shape[1] / size) < 2:
+        warnings.warn(
+            f"a Monte Carlo standard error needs at least 2 batches; {a.shape[0]} chain(s) of "
+            f"{a.shape[1]} draws in batches of {size} give 1, so it is nan: pass a smaller "
+            "batch_size (longer than the draws' autocorrelation) or run more chains",
+            RuntimeWarning, stacklevel=3)
+    event = jnp.shape(a)[2:] + jnp.shape(b)[2:]
+    return _covariance_mcse_of_draws(a, b, center, float(ddof), size, bool(correlation)).reshape(
+        event)
+
+
+def _resolved_batch_size(batch_size, num_draws: int) -> int:
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return max(1, min(int(batch_size), num_draws))
+
+
+@partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _covariance_mcse_of_draws(a, b, center: str, ddof: float, batch_size: int,
+                              correlation: bool) -> jax.Array:
+    flat_a, flat_b = _flat_draws(a), _flat_draws(b)
+    num_chains, num_draws = flat_a.shape[:2]
+    total = num_chains * num_draws
+
+    def centred(flat):
+        flat = flat - flat[:1, :1]
+        flat = flat - jnp.mean(flat, axis=(0, 1), keepdims=True)
+        return flat - jnp.mean(flat, axis=(0, 1), keepdims=True)
+
+    delta_a, delta_b = centred(flat_a), centred(flat_b)
+    scale = _ddof_scale(jnp.asarray(total, delta_a.dtype), num_chains, center, ddof)
+    mean_product = _matmul_transposed(delta_a.reshape(total, -1), delta_b.reshape(total, -1))
+    mean_product = mean_product / total
+    weights = jnp.ones((num_chains, num_draws), delta_a.dtype)
+    if correlation:
+        covariance_ = cross_covariance_of_draws(a, b, center=center, ddof=ddof)
+        covariance_ = covariance_.reshape(mean_product.shape)
+        variance_a = _elementwise_variance_of_draws(flat_a, center, ddof)
+        variance_b = _elementwise_variance_of_draws(flat_b, center, ddof)
+        positive = variance_a[:, None] * variance_b[None, :] > 0
+        safe_a = jnp.where(variance_a > 0, variance_a, 1)[:, None]
+        safe_b = jnp.where(variance_b > 0, variance_b, 1)[None, :]
+        value = jnp.where(positive, covariance_ / jnp.sqrt(safe_a * safe_b), 0)
+        x = jnp.where(positive, scale / jnp.sqrt(safe_a * safe_b), 0)
+        y = jnp.where(positive, -value * scale / (2 * safe_a), 0)
+        z = jnp.where(positive, -value * scale / (2 * safe_b), 0)
+        mean_a = jnp.mean(delta_a * delta_a, axis=(0, 1))[:, None]
+        mean_b = jnp.mean(delta_b * delta_b, axis=(0, 1))[None, :]
+        mean_linear = x * mean_product + y * mean_a + z * mean_b
+    else:
+        x, mean_linear, value = scale, scale * mean_product, None
+
+    def fold(carry, batch):
+        batch_a, batch_b, batch_weights = batch
+        count = jnp.sum(batch_weights)
+        inverse = _safe_divide(jnp.ones_like(count), count)
+        product = x * _matmul_transposed(batch_weights[:, None] * batch_a, batch_b) * inverse
+        linear = product
+        if correlation:
+            square_a = jnp.sum(batch_weights[:, None] * batch_a**2, 0) * inverse
+            square_b = jnp.sum(batch_weights[:, None] * batch_b**2, 0) * inverse
+            linear = linear + y * square_a[:, None] + z * square_b[None, :]
+        sum_of_squares, null_sum_of_squares, batches = carry
+        return (sum_of_squares + count**2 * (linear - mean_linear) ** 2,
+                null_sum_of_squares + count**2 * (product - x * mean_product) ** 2,
+                batches + (count > 0).astype(batches.dtype)), None
+
+    zeros = jnp.zeros_like(mean_product)
+    (sum_of_squares, null_sum_of_squares, batches), _ = jax.lax.scan(
+        fold, (zeros, zeros, jnp.zeros((), delta_a.dtype)),
+        (_batches(delta_a, batch_size), _batches(delta_b, batch_size),
+         _batches(weights, batch_size)),
+    )
+    factor = jnp.where(batches > 1, batches / jnp.where(batches > 1, batches - 1, 1), jnp.nan)
+    mcse = jnp.sqrt(factor * sum_of_squares) / total
+    if not correlation:
+        return mcse
+    # the Gaussian-tailed delta method as a floor (see batch_means_mcse)
+    return jnp.maximum(mcse, (1 - value**2) / jnp.sqrt(1 + value**2)
+                       * jnp.sqrt(factor * null_sum_of_squares) / total)
+
+
+def _elementwise_variance_of_draws(flat: jax.Array, center: str, ddof: float) -> jax.Array:
+    """``(A,)`` variances of ``(C, D, A)`` draws with the given centring (no ``(A, A)``)."""
+    num_chains, num_draws = flat.shape[:2]
+    flat = flat - flat[:1, :1]
+    axes = (0, 1) if center == "global" else (1,)
+    deviation = flat - jnp.mean(flat, axis=axes, keepdims=True)
+    sums = jnp.sum(deviation, axis=axes, keepdims=True)
+    group = num_chains * num_draws if center == "global" else num_draws
+    squares = jnp.sum(deviation**2, axis=(0, 1)) - jnp.sum(sums**2, axis=(0, 1)) / group
+    groups = 1 if center == "global" else num_chains
+    denominator = num_chains * num_draws - ddof * groups
+    return squares / denominator if denominator > 0 else jnp.full_like(squares, jnp.nan)
+
+
+# ----------------------------------------------------------------------------------------------
+# drift of per-element means over a run (for slt_jax.diagnostics.shared_drift)
+
+#: time unit of :func:`linear_trend` (draws): keeps the powers of the time small in float32
+_TIME_UNIT = 1024.0
+
+
+class LinearTrendState(NamedTuple):
+    r"""State of :func:`linear_trend`: sums over batches (weight :math:`m_b`, time
+    :math:`\tau_b` = the batch's middle draw within its chain, in units of 1024 draws, feature
+    :math:`u_b = \overline{(x - r)}_b`, :math:`F_b = \overline{(x - r)^2}_b`).
+
+    Attributes:
+      reference: ``(A,)`` the reference :math:`r` (pooled mean of the first block).
+      count: ``(C,)`` weighted draws seen per chain (the time of the next draw).
+      num_batches: number of batches with :math:`m_b > 0`.
+      time: ``(8,)`` :math:`\sum m\tau^k` for ``k = 0, 1, 2`` and :math:`\sum m^2 \tau^k` for
+        ``k = 0..4``: ``[Σm, Σmτ, Σmτ², Σm², Σm²τ, Σm²τ², Σm²τ³, Σm²τ⁴]``.
+      first: ``(3, A)``: :math:`\sum m u`, :math:`\sum m \tau u`, :math:`\sum m F`.
+      second: ``(7, A)``: :math:`\sum m^2 \tau^k u` (``k = 0..3``), :math:`\sum m^2 \tau^k u^2`
+        (``k = 0..2``).
+      open_count: ``(C,)`` int: draws (of positive weight) in each chain's open batch, which
+        carries over to the next block; the sums above (except ``count`` and the linear
+        :math:`\sum m u`, :math:`\sum m F`) count closed batches only, and
+        :func:`close_linear_trend` (``finalize``) closes the open ones.
+      open_weight: ``(C,)`` their :math:`m`.
+      open_start: ``(C,)`` the weighted draws of the chain before its open batch.
+      open_sum: ``(C, A)`` their :math:`\sum w (x - r)`.
+    """
+
+    reference: jax.Array
+    count: jax.Array
+    num_batches: jax.Array
+    time: jax.Array
+    first: jax.Array
+    second: jax.Array
+    open_count: jax.Array
+    open_weight: jax.Array
+    open_start: jax.Array
+    open_sum: jax.Array
+
+
+def _trend_sums(count, start, sums):
+    """``(num_batches, time (8,), Σ m τ u (A,), second (7, A))`` added by batches of weights
+    ``count`` (``(K,)``), starting after ``start`` weighted draws, with ``Σ w (x - r)`` ``sums``
+    (``(K, A)``)."""
+    time = (start + count / 2) / _TIME_UNIT
+    mean = sums * _safe_divide(jnp.ones_like(count), count)[:, None]
+    squared = count * count
+    powers = jnp.stack([time**k for k in range(5)])  # (5, K)
+    time_sums = jnp.concatenate([powers[:3] @ count, powers @ squared])
+    second = jnp.concatenate([
+        (powers[:4] * squared[None, :]) @ mean,
+        (powers[:3] * squared[None, :]) @ (mean * mean),
+    ])
+    return (jnp.sum(count > 0).astype(count.dtype), time_sums,
+            jnp.sum((count * time)[:, None] * mean, 0), second)
+
+
+def close_linear_trend(state: LinearTrendState) -> LinearTrendState:
+    """``state`` with every chain's open (partial) batch closed, as at the end of the draws.
+    Closing twice changes nothing."""
+    batches, time, moment, second = _trend_sums(state.open_weight, state.open_start,
+                                                 state.open_sum)
+    return state._replace(
+        num_batches=state.num_batches + batches, time=state.time + time,
+        first=state.first.at[1].add(moment), second=state.second + second,
+        open_count=jnp.zeros_like(state.open_count),
+        open_weight=jnp.zeros_like(state.open_weight),
+        open_start=state.count, open_sum=jnp.zeros_like(state.open_sum))
+
+
+def linear_trend(stream: str, *, batch_size: int | None = None) -> Accumulator:
+    r"""Streaming sums for the linear trend of each element's mean over a run.
+
+    Batches are cut as in :func:`batch_means` (``batch_size`` draws per chain, continued across
+    blocks, so the block length does not matter; the whole block when ``None``); each batch has a time :math:`\tau_b` (its middle draw, counted per chain
+    from the first recorded draw: chains that start together share the time axis). The state
+    (:class:`LinearTrendState`, ``O(A)``) holds the weighted sums from which
+    :func:`slt_jax.diagnostics.shared_drift` fits :math:`u_b \approx \bar u + \beta (\tau_b
+    - \bar\tau)` by weighted least squares and gets the slope's batch-means (cluster-robust)
+    standard error, the posterior SD and the effective sample size of each element's mean.
+
+    Args:
+      stream: the stream (e.g. per-example losses ``(chains, q[, T])``).
+      batch_size: draws per batch and chain; ``None``: one batch per block and chain.
+
+    Returns:
+      An :class:`Accumulator` whose ``finalize`` returns the :class:`LinearTrendState`.
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+
+    def init(shapes: Mapping[str, jax.ShapeDtypeStruct]) -> LinearTrendState:
+        shape, dtype = _stream_shape(shapes, stream)
+        size = math.prod(shape[1:])
+        zero = jnp.zeros((), dtype)
+        chains = jnp.zeros(shape[:1], dtype)
+        return LinearTrendState(jnp.zeros((size,), dtype), chains, zero,
+                                jnp.zeros((8,), dtype), jnp.zeros((3, size), dtype),
+                                jnp.zeros((7, size), dtype), jnp.zeros(shape[:1], jnp.int32),
+                                chains, chains, jnp.zeros((shape[0], size), dtype))
+
+    def update(state: LinearTrendState, block, weights) -> LinearTrendState:
+        block_len = jnp.shape(weights)[1]
+        if block_len == 0:
+            return state
+        dtype = state.count.dtype
+        mask, weights, block_count = _mask_and_weights(weights, dtype)
+        num_chains = mask.shape[0]
+        values = jnp.asarray(block[stream]).astype(dtype).reshape(num_chains, block_len, -1)
+        block_total = jnp.sum(block_count)
+        pooled = jnp.sum(jnp.where(mask[:, :, None], weights[:, :, None] * values, 0), (0, 1))
+        first_block = jnp.sum(state.count) == 0
+        reference = jnp.where(first_block, _safe_divide(pooled, block_total), state.reference)
+        delta = jnp.where(mask[:, :, None], values - reference[None, None, :], 0)
+        carry = batch_size is not None
+        size = int(batch_size) if carry else block_len
+        (batch_weighted, batch_weights), total = _aligned_batches(
+            (weights[:, :, None] * delta, weights), mask, state.open_count, size, carry)
+        count = jnp.sum(batch_weights, axis=2)  # (C, nb)
+        sums = jnp.sum(batch_weighted, axis=2)  # (C, nb, A)
+        num_slots = count.shape[1]
+        if carry:  # slot 0 continues the chain's open batch
+            count = count.at[:, 0].add(state.open_weight)
+            sums = sums.at[:, 0].add(state.open_sum)
+            before = state.open_start
+        else:
+            before = state.count
+        start = before[:, None] + jnp.cumsum(count, axis=1) - count
+        slots = jnp.arange(num_slots)[None, :]
+        closed_slots = total // size if carry else jnp.full_like(total, num_slots)
+        closed = slots < closed_slots[:, None]
+        batches, time_sums, moment, second = _trend_sums(
+            jnp.where(closed, count, 0).reshape(-1), start.reshape(-1),
+            jnp.where(closed[:, :, None], sums, 0).reshape(-1, sums.shape[2]))
+        linear = jnp.stack([jnp.sum(weights[:, :, None] * delta, (0, 1)), moment,
+                            jnp.sum(weights[:, :, None] * delta**2, (0, 1))])
+        if carry:
+            is_open = (slots == closed_slots[:, None]).astype(dtype)
+            open_weight = jnp.sum(is_open * count, 1)
+            open_start = jnp.sum(is_open * start, 1)
+            open_sum = jnp.sum(is_open[:, :, None] * sums, 1)
+            open_count = total % size
+        else:
+            open_weight, open_sum = state.open_weight, state.open_sum
+            open_start, open_count = state.count + block_count, state.open_count
+        return LinearTrendState(
+            reference, state.count + block_count, state.num_batches + batches,
+            state.time + time_sums, state.first + linear, state.second + second, open_count,
+            open_weight, open_start, open_sum,
+        )
+
+    return Accumulator((stream,), init, update, close_linear_trend)
+
+
+def linear_trend_of_draws(draws, *, batch_size: int | None = None) -> LinearTrendState:
+    """:func:`linear_trend` of stored draws ``(C, D, *event)`` with batches of ``batch_size``
+    draws (default :data:`DEFAULT_BATCH_SIZE`): the same sums as the streaming form inside
+    :func:`slt_jax.sample` with the same ``batch_size``, whatever its block length."""
+    draws = jnp.asarray(draws)
+    if draws.ndim < 2 or draws.shape[0] == 0 or draws.shape[1] == 0:
+        raise ValueError(f"draws must have shape (num_chains, num_draws, *event), got "
+                         f"{draws.shape}")
+    return _linear_trend_of_draws(draws, _resolved_batch_size(batch_size, draws.shape[1]))
+
+
+@partial(jax.jit, static_argnums=(1,))
+def _linear_trend_of_draws(draws: jax.Array, batch_size: int) -> LinearTrendState:
+    """One compiled program per shape and batch size (``streaming_reduce`` compiles per call)."""
+    trend = linear_trend("x", batch_size=batch_size)
+    num_chains, num_draws = draws.shape[:2]
+    num_blocks = math.ceil(num_draws / batch_size)
+    weights = jnp.ones((num_chains, num_draws), _accumulation_dtype(draws.dtype))
+    state = trend.init({"x": jax.ShapeDtypeStruct((num_chains, *draws.shape[2:]), draws.dtype)})
+
+    def step(state, inputs):
+        values, block_weights = inputs
+        return trend.update(state, {"x": values}, block_weights), None
+
+    inputs = (_blocks_of(draws, num_blocks, batch_size),
+              _blocks_of(weights, num_blocks, batch_size))
+    return trend.finalize(jax.lax.scan(step, state, inputs)[0])

@@ -30,12 +30,17 @@ adapter again on another checkpoint returns the *same* function object: ``slt.sa
 
 Each adapter returns an :class:`Adapted`, which unpacks as ``loss_fn, params`` and also has
 ``mask`` and ``to_model(params)`` (the way back to a model, e.g. at the chains' final points).
+The ``loss_fn`` records the parameter structure it takes (``loss_fn.params_structure``), so
+:func:`as_params`, which every entry point (``sample``, ``estimate_llc``, ``estimate_bif``,
+``llc_over_checkpoints``) applies, can take what :func:`slt_jax.training.train` returns (an
+``nnx.State`` checkpoint, the ``TrainResult``) or the model itself in place of ``params``.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -46,7 +51,7 @@ from slt_jax._structural import StructuralKey
 
 PyTree = Any
 
-__all__ = ["Adapted", "Frozen", "from_equinox", "from_linen", "from_nnx"]
+__all__ = ["Adapted", "Frozen", "as_params", "from_equinox", "from_linen", "from_nnx"]
 
 _CACHE_SIZE = 128
 _LOSS_FUNCTIONS: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
@@ -218,6 +223,100 @@ def _constants_key(constants) -> tuple:
     return tuple(one(constant) for constant in constants)
 
 
+def _takes(loss_fn: Callable, params_structure) -> Callable:
+    """Record on an adapter's ``loss_fn`` the parameter structure it takes (read by
+    :func:`as_params`)."""
+    loss_fn.params_structure = params_structure
+    return loss_fn
+
+
+def _leaves_by_path(*trees) -> dict:
+    """``{key path: array}`` of every array in ``trees`` (NNX modules and states, dicts, Equinox
+    modules, ...): NNX variables and :class:`Frozen` leaves by their value, paths as tuples of
+    plain keys (``("layers", 0, "kernel")``)."""
+    nnx = sys.modules.get("flax.nnx")  # not imported: no NNX object can be among the trees
+    found = {}
+    for tree in trees:
+        if nnx is not None and isinstance(tree, nnx.Module):
+            tree = nnx.state(tree)
+        is_leaf = lambda x: isinstance(x, Frozen) or (  # noqa: E731
+            nnx is not None and isinstance(x, nnx.Variable))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+            if isinstance(leaf, Frozen):
+                leaf = leaf.value
+            elif nnx is not None and isinstance(leaf, nnx.Variable):
+                leaf = _nnx_variable_value(leaf)
+            found[_dict_key_path(path)] = leaf
+    return found
+
+
+def as_params(loss_fn: Callable, params: Any, *, rest: Any = None) -> PyTree:
+    r"""``params`` in the form ``loss_fn`` takes: every estimator's entry point calls this.
+
+    * A :class:`slt_jax.training.TrainResult` stands for its final parameters (``run.params``,
+      with ``run.rest``, the non-``Param`` state of an NNX model).
+    * A ``loss_fn`` from an adapter (:func:`from_nnx`, :func:`from_linen`,
+      :func:`from_equinox`) records the parameter structure it takes
+      (``loss_fn.params_structure``). What the adapter was given or what
+      :func:`slt_jax.training.train` saves is rearranged into it by key path: an
+      ``nnx.Module``, an ``nnx.State`` (e.g. ``run.checkpoint(i)``), ``nnx.Variable`` leaves,
+      pure dicts (``nnx.to_pure_dict``), Linen variables, Equinox modules. Sampled leaves
+      become plain arrays, frozen ones :class:`Frozen` (their values from ``params`` or, where
+      ``params`` lacks them, from ``rest``: BatchNorm statistics are not in ``run.checkpoints``),
+      constants ``None``; arrays already in that form pass through unchanged.
+    * Any other ``loss_fn`` gets ``params`` unchanged (a loss of your own may take an
+      ``nnx.State``).
+
+    Raises:
+      ValueError: naming the leaves ``loss_fn`` needs that ``params`` (and ``rest``) lack, or
+        float leaves it does not know.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, slt_jax as slt
+      >>> from flax import nnx
+      >>> model = slt.models.MLP([2, 4, 1], rngs=nnx.Rngs(0))
+      >>> data = {"x": jnp.ones((8, 2)), "y": jnp.zeros((8, 1))}
+      >>> run = slt.training.train(model, slt.models.mse_loss, data, optax.sgd(0.1),
+      ...                          key=jax.random.key(0), num_steps=4, num_checkpoints=2)
+      >>> loss_fn, params = slt.adapters.from_nnx(model, slt.models.mse_loss)
+      >>> type(run.checkpoint(1)).__name__, type(as_params(loss_fn, run.checkpoint(1))).__name__
+      ('State', 'dict')
+    """
+    from slt_jax.training import TrainResult
+
+    if isinstance(params, TrainResult):
+        params, rest = params.params, params.rest if rest is None else rest
+    structure = getattr(loss_fn, "params_structure", None)
+    if structure is None or (rest is None and jax.tree.structure(params) == structure):
+        return params
+    given = _leaves_by_path(params)
+    spare = _leaves_by_path(rest) if rest is not None else {}
+    template = jax.tree.unflatten(structure, range(structure.num_leaves))
+    is_frozen = lambda x: isinstance(x, Frozen)  # noqa: E731
+    expected = jax.tree_util.tree_flatten_with_path(template, is_leaf=is_frozen)[0]
+    values, missing = [], []
+    for path, slot in expected:
+        key = _dict_key_path(path)
+        value = given.get(key, spare.get(key) if is_frozen(slot) else None)
+        if value is None:
+            missing.append("/".join(map(str, key)))
+        values.append(Frozen(value) if is_frozen(slot) else value)
+    known = {_dict_key_path(path) for path, _ in expected}
+    unknown = ["/".join(map(str, key)) for key, leaf in given.items()
+               if key not in known and _is_float_array(leaf)]
+    if missing or unknown:
+        hint = (" A TrainResult's checkpoints hold only the nnx.Param variables: pass the "
+                "TrainResult itself (its .rest holds the rest of the state)."
+                if missing and rest is None else "")
+        raise ValueError(
+            "params do not fit the parameters this adapter's loss_fn takes"
+            + (f"; missing: {missing[:8]}" if missing else "")
+            + (f"; not parameters of the model: {unknown[:8]}" if unknown else "")
+            + f".{hint}"
+        )
+    return jax.tree.unflatten(jax.tree.structure(template, is_leaf=is_frozen), values)
+
+
 def _check_sampled(kinds, description: str) -> None:
     if _SAMPLED not in kinds:
         raise ValueError(f"{description} selects no float array to sample")
@@ -335,7 +434,7 @@ def from_nnx(
             leaves = _leaves_from(params, kinds, constants, params_structure)
             return loss(nnx.merge(graphdef, *states_of(leaves)), batch)
 
-        return loss_fn
+        return _takes(loss_fn, params_structure)
 
     key = ("nnx", graphdef, pure_treedef, kinds, order, sampled_treedef, rest_treedef,
            StructuralKey(loss), _constants_key(constants))
@@ -460,7 +559,7 @@ def from_linen(
             full = _leaves_from(params, kinds, constants, params_structure)
             return loss(module, jax.tree.unflatten(treedef, full), batch)
 
-        return loss_fn
+        return _takes(loss_fn, params_structure)
 
     key = ("linen", _hashable_or_identity(module), treedef, kinds, StructuralKey(loss),
            _constants_key(constants))
@@ -547,7 +646,7 @@ def from_equinox(
             full = _leaves_from(params, kinds, constants, params_structure)
             return loss(jax.tree.unflatten(treedef, full), batch)
 
-        return loss_fn
+        return _takes(loss_fn, params_structure)
 
     key = ("equinox", treedef, kinds, StructuralKey(loss), _constants_key(constants))
     loss_fn = _cached_loss_fn(key, build)

@@ -2,7 +2,7 @@ r"""The local-sampling benchmark behind ``slt-jax bench`` and ``benchmarks/dln_s
 
 Deep linear networks (DLNs) are singular models whose learning coefficient is known in closed
 form (Aoyagi 2024, :func:`slt_jax.truth.deep_linear_network`), so an LLC estimator can be
-checked against the truth. The protocol is MATH.md §7 (Furman & Lau, arXiv 2402.03698): a random
+checked against the truth. The protocol is docs/mathematics.md §7 (Furman & Lau, arXiv 2402.03698): a random
 teacher (Xavier-normal layers, each with probability 1/2 cut to a random rank), refactored so
 that every layer has the product's rank (``make_dln_teacher(..., minimal_rank=True)``: there the
 *local* coefficient is Aoyagi's λ), inputs ``x ~ U[-10, 10]``, noise-free targets.

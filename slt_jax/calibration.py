@@ -2,7 +2,7 @@ r"""Step-size calibration from the curvature at :math:`w^*`.
 
 On a quadratic with curvature matrix :math:`A = n\beta H + \gamma I`, SGLD is stable only for
 :math:`\epsilon < 4/\lambda_{max}(A)` and its stationary variance along an eigendirection with
-precision :math:`P` is :math:`1/(P(1 - \epsilon P/4))` (MATH.md §1, §7): the relative bias of the
+precision :math:`P` is :math:`1/(P(1 - \epsilon P/4))` (docs/mathematics.md §1, §7): the relative bias of the
 stiffest direction is :math:`\approx \epsilon\lambda_{max}/4`. We measure :math:`\lambda_{max}(H)`
 with power iteration on Hessian-vector products of the full-data (or a large random subset's)
 mean loss and set :math:`\epsilon = \kappa/\lambda_{max}(A)` with a safety factor
@@ -15,7 +15,20 @@ grows with it; ``docs/calibration_findings.md``).
 Preconditioned and momentum samplers get the step size with the same stationary-variance bias
 on the stiffest direction:
 
-* RMSProp-/Adam-SGLD: :math:`P \le 1/a`, so :math:`\epsilon = \kappa a / \lambda_{max}(A)`.
+* RMSProp-/Adam-SGLD: with a constant diagonal preconditioner :math:`P` (they adapt it during
+  burn-in and freeze it for the draws, ``adapt="burnin"``), Langevin dynamics with step
+  :math:`\epsilon` are SGLD on :math:`P^{-1/2}w` with curvature :math:`P^{1/2} A P^{1/2}`, so
+  :math:`\epsilon = \kappa/\lambda_{max}(P^{1/2} A P^{1/2})`. At :math:`w^*` (round 0) that is
+  the initial :math:`P_0 = \min(1, 1/a)`; each pilot freezes its chains' :math:`P` at the end
+  of its burn-in, and the power iteration where the pilots end runs on
+  :math:`P^{1/2} H P^{1/2}` with each chain's own :math:`P` (plus :math:`\gamma \max P`). The
+  measured :math:`P` is recorded in ``Calibration.preconditioner``. (The rule before issue 17
+  assumed :math:`P = 1/a`, :math:`\epsilon = \kappa a/\lambda_{max}(A)`: on deep linear
+  networks the measured median :math:`P` was 3.4-5.4, not 10, so the chains ran at a small
+  step where an always-adapting preconditioner is most biased.) Adam-SGLD's draws use the
+  gradient as the drift (its lagging first moment would need a :math:`(1-\beta_1)/(1+\beta_1)`
+  times smaller step for the same bias, :func:`slt_jax.truth.adam_sgld_stationary_variance`),
+  so it takes RMSProp-SGLD's rule.
 * SGHMC (learning rate :math:`\eta`, friction :math:`\alpha`): on a quadratic with precision
   :math:`P` its stationary position variance is exactly SGLD's with
   :math:`\epsilon = 2\eta/(2-\alpha)` (:func:`slt_jax.truth.sghmc_stationary_variance`), so
@@ -86,6 +99,14 @@ class Calibration(NamedTuple):
     options: tuple = ()
     pilot_llc: float | None = None
     gradient_noise_bias: float | None = None
+    #: the batch size the step size was calibrated for: the requested one, or a larger one where
+    #: ``max_batch_size`` allowed raising it against gradient noise (``n``: full batch);
+    #: ``None`` where no minibatch was involved
+    batch_size: int | None = None
+    #: preconditioned samplers: the preconditioner P the last pilot froze (min, median, max
+    #: over chains and sampled coordinates; ``initial`` is P_0); the step is κ/λ_max of
+    #: P^½(nβH + γ)P^½ with it
+    preconditioner: dict | None = None
 
     def table(self) -> str:
         """The calibration rounds as a small text table (the evidence for the choice)."""
@@ -105,11 +126,19 @@ class Calibration(NamedTuple):
             if self.gradient_noise_bias is not None
             else ""
         )
+        measured = self.preconditioner
+        preconditioned = (
+            f"; preconditioner P measured at the pilots' ends: median {measured['median']:.3g}, "
+            f"max {measured['max']:.3g} (P_0 = {measured['initial']:.3g}), so lambda_max is "
+            "that of P^1/2 (nbeta*H + gamma) P^1/2"
+            if measured is not None else ""
+        )
         return (
             f"{self.sampler}: step_size={self.step_size:.3g}{options} from lambda_max(H)="
             f"{self.max_hessian_eigenvalue:.4g}, lambda_max(nbeta*H + gamma)="
             f"{self.max_curvature:.4g} (SGLD stability bound 4/lambda_max = "
             f"{self.stability_bound:.3g}, safety factor {self.safety_factor}){noise}"
+            f"{preconditioned}"
         )
 
 
@@ -233,14 +262,17 @@ def step_size_for(
 
     The rule is the sampler family's ``step_size_rule`` (module docstring); ``stability`` is
     RMSProp/Adam's :math:`a`, ``friction`` is SGHMC's :math:`\\alpha` (and SGNHT's friction per
-    step).
+    step). For RMSProp-/Adam-SGLD it is the step at their initial preconditioner
+    :math:`P_0 = \\min(1, 1/a)` (:func:`calibrate_step_size` then measures :math:`P`).
     """
     family = sampler_family(sampler_name)
     if max_curvature <= 0 or not math.isfinite(max_curvature):
         raise ValueError(f"max_curvature must be finite and > 0, got {max_curvature}")
     if not 0 < friction <= 1:
         raise ValueError(f"friction must be in (0, 1], got {friction}")
-    options = {"stability": stability, "friction": friction}
+    options = {**family.calibration_defaults, "stability": stability, "friction": friction}
+    if family.initial_preconditioner is not None:  # before any gradient: P = P_0
+        max_curvature = max_curvature * family.initial_preconditioner(options)
     return family.step_size_rule(safety_factor / max_curvature, options)
 
 
@@ -261,6 +293,19 @@ def _subset_indices(n: int, key, max_examples: int) -> np.ndarray | None:
         return None
     seed = np.asarray(jax.random.key_data(key)).ravel()
     return np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_iterations", "chunk_size"))
+def _top_scaled_eigenvalues_at(chain_params, data, indices, key, chain_scales, *, loss_fn,
+                               num_iterations, chunk_size):
+    r"""λ_max(S H S) at each of a batch of parameter points, ``S = diag(chain_scales[c])``
+    per chain (e.g. :math:`\sqrt P` of a preconditioner, 0 on frozen coordinates)."""
+    data = _gather(data, indices)
+    power = functools.partial(
+        _power_iteration, loss_fn=loss_fn, num_iterations=num_iterations, chunk_size=chunk_size
+    )
+    keys = jax.random.split(key, jax.tree.leaves(chain_params)[0].shape[0])
+    return jax.vmap(power, in_axes=(0, None, 0, 0))(chain_params, data, keys, chain_scales)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_iterations", "chunk_size"))
@@ -422,6 +467,7 @@ class _Search(NamedTuple):
     pilot_step: float | None = None
     pilot_losses: Any = None
     endpoints: Any = None
+    preconditioner: dict | None = None  # the P the last pilot measured (preconditioned only)
 
 
 def _step_for(problem: _Problem, largest: float, options: dict) -> tuple[float, float]:
@@ -435,6 +481,8 @@ def _step_for(problem: _Problem, largest: float, options: dict) -> tuple[float, 
         problem.family.name, curvature, safety_factor=problem.safety_factor,
         stability=options.get("stability", 0.1), friction=options.get("friction", DEFAULT_FRICTION),
     )
+    if problem.family.initial_preconditioner is not None:  # the curvature the sampler sees
+        curvature = curvature * problem.family.initial_preconditioner(options)
     return step, curvature
 
 
@@ -517,6 +565,8 @@ def _shown(progress, description):
 
 def _measure_pilot_end(problem: _Problem, search: _Search, trace, key, pilot_steps) -> tuple:
     """Curvature where the pilot chains ended; returns (new search, whether it grew)."""
+    if problem.family.preconditioner_value is not None:
+        return _measure_preconditioned_pilot_end(problem, search, trace, key, pilot_steps)
     pilot_largest = _max_eigenvalue(problem, trace.final_params, key)
     grown = pilot_largest > 1.25 * search.largest
     largest = max(search.largest, pilot_largest)
@@ -533,6 +583,60 @@ def _measure_pilot_end(problem: _Problem, search: _Search, trace, key, pilot_ste
         pilot_losses=_paired_losses(trace), endpoints=trace.final_params,
     )
     return new, grown
+
+
+def _measure_preconditioned_pilot_end(problem, search, trace, key, pilot_steps) -> tuple:
+    r"""Preconditioned samplers: :math:`\lambda_{max}(P^{1/2}(n\beta H + \gamma)P^{1/2})` where
+    the pilots ended, each chain with the :math:`P` it froze at the end of its burn-in (bounded
+    by :math:`n\beta\lambda_{max}(P^{1/2}HP^{1/2}) + \gamma\max P`); returns (new search,
+    whether it grew by more than 25%). The step never exceeds the round at :math:`w^*`'s."""
+    roots, largest_p, measured = _pilot_preconditioner(
+        problem, trace.state.sampler_state, search.options
+    )
+    with _shown(problem.progress, "calibrating: preconditioned Hessian eigenvalue"):
+        eigenvalues = np.asarray(_top_scaled_eigenvalues_at(
+            trace.final_params, problem.data, problem.subset, key, roots,
+            loss_fn=problem.loss_fn, num_iterations=problem.num_iterations,
+            chunk_size=problem.chunk_size,
+        ))
+    curvature = float(np.max(
+        problem.nbeta * np.maximum(eigenvalues, 0.0) + problem.localization * largest_p
+    ))
+    grown = curvature > 1.25 * search.max_curvature
+    largest_curvature = max(curvature, search.max_curvature)
+    step = problem.family.step_size_rule(problem.safety_factor / largest_curvature, search.options)
+    search.rounds.append(dict(
+        round=len(search.rounds), where=f"{pilot_steps}-step pilot ends, P^½HP^½",
+        max_hessian_eigenvalue=float(np.max(eigenvalues)), step_size=step,
+        median_preconditioner=measured["median"], max_preconditioner=measured["max"],
+    ))
+    new = search._replace(
+        step_size=step, max_curvature=largest_curvature, pilot_step=search.step_size,
+        pilot_losses=_paired_losses(trace), endpoints=trace.final_params, preconditioner=measured,
+    )
+    return new, grown
+
+
+def _pilot_preconditioner(problem, sampler_state, options):
+    r"""The pilots' frozen preconditioners: per chain the flat :math:`\sqrt P` on the sampled
+    coordinates (0 elsewhere) and :math:`\max P`, and a summary (min/median/max over chains
+    and sampled coordinates, and :math:`P_0`)."""
+    family = problem.family
+    flat = np.asarray(_flat_preconditioners(sampler_state, value_fn=family.preconditioner_value))
+    sampled = np.ones(flat.shape[1], bool) if problem.flat_mask is None else problem.flat_mask > 0
+    values = flat[:, sampled].astype(np.float64)
+    measured = dict(
+        min=float(values.min()), median=float(np.median(values)), max=float(values.max()),
+        initial=float(family.initial_preconditioner({**family.calibration_defaults, **options})),
+    )
+    return np.sqrt(flat) * sampled, values.max(axis=1), measured
+
+
+@functools.partial(jax.jit, static_argnames=("value_fn",))
+def _flat_preconditioners(sampler_state, *, value_fn):
+    """``(chains, d)``: each chain's preconditioner ``value_fn(state)``, flattened as
+    ``ravel_pytree`` flattens the params."""
+    return jax.vmap(lambda state: ravel_pytree(value_fn(state))[0])(sampler_state)
 
 
 def _paired_losses(trace):
@@ -573,7 +677,7 @@ def _pilot_rounds(problem, search, key, pilot_steps, max_pilot_rounds, max_pilot
     return search
 
 
-def _pilot_llc(problem, search, heating_at, init_loss) -> float | None:
+def _pilot_llc(problem, search, heating_at, init_loss, warn_noise=True) -> float | None:
     """The pilots' LLC less their own predicted heating (``None`` when not usable)."""
     losses, paired = search.pilot_losses
     measured = problem.nbeta * (float(np.mean(losses)) - (0.0 if paired else float(init_loss)))
@@ -587,6 +691,8 @@ def _pilot_llc(problem, search, heating_at, init_loss) -> float | None:
         )
         return None
     if corrected < 0.1 * measured:
+        if not warn_noise:  # the caller raises the batch instead (and says so if it cannot)
+            return 0.1 * measured
         warnings.warn(
             f"minibatch gradient noise dominates the pilot chains' loss (pilot LLC {measured:.3g}, "
             f"of which {pilot_heating:.3g} is predicted heating at batch_size="
@@ -621,8 +727,10 @@ def _tune_friction(problem, search, bias, heating_at, pilot_llc, tolerance):
 
 
 def _gradient_noise_control(problem, search, key, tune_friction, tolerance, noise_examples,
-                            init_loss):
-    """Measure tr V where the pilots ended and keep the predicted LLC bias ≤ ``tolerance``."""
+                            init_loss, max_batch_size=None):
+    """Measure tr V where the pilots ended and keep the predicted LLC bias ≤ ``tolerance``:
+    SGHMC's friction first, then (where ``max_batch_size`` allows) a larger batch, then a
+    smaller step. Returns ``(search, pilot_llc, bias, batch_size)``."""
     examples = np.arange(num_examples(problem.data)) if problem.subset is None else problem.subset
     with _shown(problem.progress, "calibrating: gradient noise"):
         variance = _endpoint_gradient_variance(
@@ -630,20 +738,51 @@ def _gradient_noise_control(problem, search, key, tune_friction, tolerance, nois
             problem.flat_mask,
         )
 
-    def heating_at(step, options):
-        return gradient_noise_heating(
-            problem.family.name, step_size=step, gradient_variance=variance, nbeta=problem.nbeta,
-            batch_size=problem.batch_size, friction=options.get("friction", DEFAULT_FRICTION),
-            splitting=options.get("splitting", "baoab"),
-        )
+    def heating_for(batch_size, full=False):
+        def heating_at(step, options):
+            if full:
+                return 0.0  # the full data (batch_size=None): no gradient noise
+            return gradient_noise_heating(
+                problem.family.name, step_size=step, gradient_variance=variance,
+                nbeta=problem.nbeta, batch_size=batch_size,
+                friction=options.get("friction", DEFAULT_FRICTION),
+                splitting=options.get("splitting", "baoab"),
+            )
+        return heating_at
 
-    pilot_llc = _pilot_llc(problem, search, heating_at, init_loss)
+    batch_size = problem.batch_size
+    heating_at = heating_for(batch_size)
+    pilot_llc = _pilot_llc(problem, search, heating_at, init_loss,
+                           warn_noise=max_batch_size is None or max_batch_size <= batch_size)
     heating = heating_at(search.step_size, search.options) if pilot_llc is not None else None
     if heating is None:
-        return search, pilot_llc, None
+        return search, pilot_llc, None, batch_size
     step_before_noise, bias = search.step_size, heating / pilot_llc
+    before_friction = search
     if tune_friction:
         search, bias = _tune_friction(problem, search, bias, heating_at, pilot_llc, tolerance)
+    if bias > tolerance and max_batch_size is not None and max_batch_size > batch_size:
+        # a step cut of c costs c times the steps to mix as far; a batch c times larger costs at
+        # most c times per step, mixes at the same speed and needs no heating model (the
+        # normal crossing at n = 1000 had its step cut 88x at batch 500 and read -40%)
+        # the smallest batch at which the friction can do the rest; where that is half the
+        # data or more, the full batch (at most 2x more per step, no heating at all, so the
+        # friction returns to its default and soft directions mix faster)
+        n = num_examples(problem.data)
+        raised = int(np.ceil(batch_size * bias / tolerance))
+        if 2 * raised >= n and max_batch_size >= n:
+            raised = n
+        raised = int(min(max_batch_size, raised))
+        batch_size = n if raised >= n else raised
+        heating_at = heating_for(batch_size, full=batch_size >= n)
+        search = before_friction
+        search.rounds.append(dict(
+            round=len(search.rounds), where=f"batch {batch_size} (grad. noise)",
+            step_size=search.step_size,
+        ))
+        bias = heating_at(search.step_size, search.options) / pilot_llc
+        if tune_friction:
+            search, bias = _tune_friction(problem, search, bias, heating_at, pilot_llc, tolerance)
     if bias > tolerance:
         search = search._replace(step_size=search.step_size * tolerance / bias)
         search.rounds.append(dict(
@@ -651,14 +790,26 @@ def _gradient_noise_control(problem, search, key, tune_friction, tolerance, nois
         ))
         bias = tolerance
     if search.step_size < 0.5 * step_before_noise:
+        cut = step_before_noise / search.step_size
+        # soft and flat directions move ~ step/friction per step: the slowdown from both
+        slowdown = cut * search.options.get("friction", 1.0) / before_friction.options.get(
+            "friction", 1.0)
+        barely = (
+            f" With the friction raised too, soft and flat directions move {slowdown:.3g}x "
+            "slower than the calibration intended: the chains barely move in a run of the "
+            "usual length, and since the LLC draws start at 0 at w* the estimate is probably "
+            "low and its error bar too small (a normal crossing cut 88x read 0.0012 ± 0.0011 "
+            "for an exact 0.066)."
+            if slowdown >= 30 else ""
+        )
         warnings.warn(
-            f"minibatch gradient noise at batch_size={problem.batch_size} forced the step size "
-            f"down {step_before_noise / search.step_size:.3g}x (to keep the predicted LLC bias at "
+            f"minibatch gradient noise at batch_size={batch_size} forced the step size "
+            f"down {cut:.3g}x (to keep the predicted LLC bias at "
             f"{tolerance:.0%}); the chains mix that much slower, and a larger batch_size would be "
-            "cheaper",
+            f"cheaper (batch_size='auto' raises it up to 8x or to the full data).{barely}",
             RuntimeWarning, stacklevel=3,
         )
-    return search, pilot_llc, bias
+    return search, pilot_llc, bias, batch_size
 
 
 def calibrate_step_size(
@@ -686,6 +837,7 @@ def calibrate_step_size(
     init_loss: float | None = None,
     progress: bool | Any = False,
     mask: PyTree | None = None,
+    max_batch_size: int | None = None,
 ) -> Calibration:
     r"""Choose a step size from the curvature :math:`\lambda_{max}(n\beta H + \gamma I)`.
 
@@ -743,6 +895,11 @@ def calibrate_step_size(
       progress: ``True`` or a :class:`~slt_jax.sampling.ProgressMeter` to show each step
         (curvature, each pilot with its "compiling" phase, gradient noise) as a bar.
       mask: optional weight mask (see above).
+      max_batch_size: where the gradient noise needs more than the friction (or for SGLD),
+        raise the batch up to this size (``>= n``: full batch) before cutting the step size
+        (``Calibration.batch_size`` says which batch the step is for; ``None``: keep
+        ``batch_size``). A step cut by ``c`` costs ``c`` times the steps to mix as far; a batch
+        ``c`` times larger costs at most ``c`` times per step and needs no heating model.
 
     Returns:
       a :class:`Calibration`: ``step_size``, ``options`` (e.g. the friction), the rounds and
@@ -774,20 +931,22 @@ def calibrate_step_size(
     search = _pilot_rounds(problem, search, pilot_key, pilot_steps, max_pilot_rounds,
                            max_pilot_halvings)
     pilot_llc = noise_bias = None
+    chosen_batch = batch_size
     if search.endpoints is not None and batch_size is not None:
         if init_loss is None:
             init_loss = float(evaluate_loss(loss_fn, params, data))
-        search, pilot_llc, noise_bias = _gradient_noise_control(
+        search, pilot_llc, noise_bias, chosen_batch = _gradient_noise_control(
             problem, search, jax.random.fold_in(subset_key, 1),
             family.tunes_friction and friction is None, noise_tolerance, noise_examples, init_loss,
+            max_batch_size,
         )
     return Calibration(
         step_size=search.step_size, sampler=sampler_name, max_hessian_eigenvalue=search.largest,
         max_curvature=search.max_curvature, stability_bound=4.0 / search.max_curvature,
         safety_factor=safety_factor, nbeta=nbeta, localization=localization,
-        rounds=tuple(search.rounds),
+        rounds=tuple(search.rounds), preconditioner=search.preconditioner,
         options=tuple(family.calibrated_options(search.step_size, search.options).items()),
-        pilot_llc=pilot_llc, gradient_noise_bias=noise_bias,
+        pilot_llc=pilot_llc, gradient_noise_bias=noise_bias, batch_size=chosen_batch,
     )
 
 

@@ -3,7 +3,7 @@ r"""Judging data attributions by retraining: the linear datamodeling score and i
 An *attribution score* ``scores[i, k]`` says how training example :math:`z_i` moves the loss
 :math:`\phi_k(w) = \ell(w; x_k)` of query example :math:`k`. Every score in slt_jax is an
 **influence on the query loss, negative = helpful**: upweighting a helpful example lowers the
-query loss. This is the sign of the BIF (:func:`slt_jax.bif`, MATH.md §4) and of the classical
+query loss. This is the sign of the BIF (:func:`slt_jax.bif`, docs/mathematics.md §4) and of the classical
 influence function.
 
 Influence functions (Koh & Liang 2017, "Understanding black-box predictions via influence

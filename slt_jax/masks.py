@@ -1,4 +1,4 @@
-r"""Boolean mask pytrees from readable selectors, for weight-refined LLCs (MATH.md §2).
+r"""Boolean mask pytrees from readable selectors, for weight-refined LLCs (docs/mathematics.md §2).
 
 A *mask* has the tree structure of the parameters and one boolean leaf per parameter leaf:
 either a scalar (the whole leaf is sampled or frozen) or an array of the leaf's shape (element
@@ -233,7 +233,7 @@ def head(
     head: int,
     *,
     num_heads: int | None = None,
-    axis: int = -1,
+    axis: int | None = None,
     head_size: int | None = None,
 ) -> PyTree:
     r"""An element-level mask selecting one attention head's slice of the matched leaves.
@@ -242,8 +242,9 @@ def head(
     ``(L / (num_heads · head_size), num_heads, head_size)``; the mask selects the positions
     whose middle index is ``head``. This covers the usual layouts:
 
-    * a per-head kernel ``(num_heads, d_model, d_head)``: ``axis=0`` (``num_heads`` defaults to
-      the axis length, ``head_size`` to 1);
+    * a per-head kernel ``(num_heads, d_model, d_head)`` or ``(num_heads, d_head, d_model)``
+      (:mod:`slt_jax.models.zoo`): ``axis=0``, the default (``num_heads`` defaults to the axis
+      length, ``head_size`` to 1);
     * a separate query/key/value kernel ``(d_model, num_heads * d_head)`` or an output projection
       ``(num_heads * d_head, d_model)``: ``num_heads=H`` and ``axis=-1`` resp. ``axis=0``
       (``head_size`` defaults to ``L / num_heads``);
@@ -251,17 +252,59 @@ def head(
       ``num_heads=H, head_size=d_head, axis=-1``; laid out as ``(heads, 3, d_head)``:
       ``num_heads=H, head_size=3 * d_head``.
 
+    ``axis=None`` (the default) finds the head axis: without ``num_heads`` it is the leading
+    axis (the per-head layout), and every matched leaf must then have the same leading length
+    (else ``ValueError``: a ``(d_model, num_heads * d_head)`` kernel has no head axis of its
+    own, pass ``num_heads`` and ``axis``); with ``num_heads`` it is the only axis of length
+    ``num_heads``, or else the only axis whose length is a multiple of
+    ``num_heads · head_size`` (``ValueError`` when that is ambiguous: pass ``axis``).
+
     Raises ``ValueError`` when ``head`` is not in ``[0, num_heads)``, the axis length is not a
     multiple of ``num_heads · head_size``, or ``selector`` matches nothing.
     """
     found = _matched(params, selector)
+    matched = [(path, np.shape(leaf)) for (path, _, leaf), hit in zip(_leaves(params), found) if hit]
+    if axis is None and num_heads is None:
+        leading = {shape[0] if shape else None for _, shape in matched}
+        if len(leading) > 1:
+            listed = ", ".join(f"{path} {shape}" for path, shape in matched[:8])
+            raise ValueError(
+                f"head(): the leaves matched by {selector!r} have different leading lengths "
+                f"({listed}), so the leading axis is not one head axis shared by all of them; "
+                "pass num_heads= and axis= (e.g. axis=-1 for a (d_model, num_heads * d_head) "
+                "kernel, axis=0 for a (num_heads * d_head, d_model) one)"
+            )
     values = []
     for (path, _, leaf), hit in zip(_leaves(params), found):
         if not hit:
             values.append(False)
             continue
-        values.append(_head_mask(path, np.shape(leaf), head, num_heads, axis, head_size, params))
+        leaf_axis = axis if axis is not None else _head_axis(
+            path, np.shape(leaf), num_heads, head_size)
+        values.append(
+            _head_mask(path, np.shape(leaf), head, num_heads, leaf_axis, head_size, params))
     return _from_leaves(params, values)
+
+
+def _head_axis(path, shape, num_heads, head_size) -> int:
+    """The head axis of a leaf when ``axis`` is not given (see :func:`head`)."""
+    if num_heads is None or not shape:
+        return 0
+    heads = int(num_heads)
+    exact = [index for index, length in enumerate(shape) if length == heads]
+    if len(exact) == 1:
+        return exact[0]
+    block = heads * (1 if head_size is None else int(head_size))
+    multiples = [index for index, length in enumerate(shape) if block > 0 and length % block == 0]
+    candidates = exact or multiples
+    if len(candidates) == 1:
+        return candidates[0]
+    raise ValueError(
+        f"cannot tell the head axis of the leaf at {path} of shape {shape} with "
+        f"num_heads={num_heads}" + (f", head_size={head_size}" if head_size else "")
+        + f": {'axes ' + str(candidates) + ' all fit' if candidates else 'no axis fits'}; "
+        "pass axis= (e.g. axis=-1 for a (d_model, num_heads * d_head) kernel)"
+    )
 
 
 def _head_mask(path, shape, head_index, num_heads, axis, head_size, params):

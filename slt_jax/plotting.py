@@ -268,7 +268,7 @@ def _label_strips(ax, labels: np.ndarray, *, legend: bool = True) -> None:
 
 def plot_kernel(kernel, *, labels=None, order="cluster", title: str | None = None, ax=None,
                 vmax: float | None = None, colorbar_label: str | None = None):
-    r"""Heatmap of a loss kernel (covariance or correlation, MATH.md §3).
+    r"""Heatmap of a loss kernel (covariance or correlation, docs/mathematics.md §3).
 
     Rows and columns are permuted by the same ``order`` (by default :func:`cluster_order` of
     the kernel), so examples the posterior couples are adjacent and a task structure shows as
@@ -317,7 +317,7 @@ def plot_kernel(kernel, *, labels=None, order="cluster", title: str | None = Non
 def plot_influence(scores, *, row_order="cluster", column_order="cluster",
                    title: str | None = None, ax=None, vmax: float | None = None,
                    colorbar_label: str = "influence (negative = helpful)"):
-    r"""Heatmap of an ``(n, q)`` influence matrix, e.g. ``slt.bif(train, query)`` (MATH.md §4).
+    r"""Heatmap of an ``(n, q)`` influence matrix, e.g. ``slt.bif(train, query)`` (docs/mathematics.md §4).
 
     Rows (training examples) are ordered by :func:`cluster_order` of the Pearson correlation
     between rows, columns (queries) by that between columns, so training examples with the

@@ -8,7 +8,7 @@ one, so even its exact expectation differs from the learning coefficient :math:`
 :func:`nuts_llc` samples the *same* localized tempered posterior with the No-U-Turn Sampler
 on the full data, whose Metropolis correction removes the discretization bias: comparing it
 with an SGLD estimate isolates the sampler error, and comparing it with a closed-form
-:math:`\lambda` (MATH.md §7) isolates the finite-nβ effect.
+:math:`\lambda` (docs/mathematics.md §7) isolates the finite-nβ effect.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def nuts_llc(
     with the No-U-Turn Sampler (Hoffman & Gelman 2014, JMLR 15, arXiv 1111.4246; numpyro's
     implementation with step-size and diagonal (or dense) mass-matrix adaptation during
     ``num_warmup`` discarded iterations). :math:`L_n` is the mean loss over *all* of ``data``
-    (no minibatches), so the chains target exactly the posterior of MATH.md §0, and the
+    (no minibatches), so the chains target exactly the posterior of docs/mathematics.md §0, and the
     Metropolis-corrected Hamiltonian dynamics has no step-size bias. The estimate is the LLC
     of Lau et al. 2023 (arXiv 2308.12108):
 

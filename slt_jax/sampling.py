@@ -40,6 +40,7 @@ from slt_jax._checks import (
     check_loss_fn,
     check_mesh,
     check_observables,
+    check_one_device,
     check_params,
     check_query_data,
     check_initial_state,
@@ -59,6 +60,8 @@ from slt_jax._chunking import (
     mean_loss_in_chunks,
 )
 from slt_jax._structural import StructuralKey
+from slt_jax.adapters import as_params
+from slt_jax.samplers._base import end_of_burnin
 
 PyTree = Any
 
@@ -547,6 +550,8 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
     _check_sampler(sampler)
     check_params(params)
     n = num_examples(data)
+    check_one_device({"params": params, "data": data, "query_data": query_data},
+                     "params, data and query_data")
     options = options.validated(n)
     check_loss_fn(loss_fn, params, data, n if options.batch_size is None else options.batch_size)
     observable_items = check_observables(observables, params)
@@ -690,6 +695,10 @@ def _trace(prepared, state, accumulator_states, stored) -> Trace:
 
 
 def _run(prepared: _Prepared, meter: ProgressMeter) -> Trace:
+    if prepared.options.num_burnin == 0 and not np.any(np.asarray(prepared.state.step)):
+        # fresh chains stand at w*: a draw records the state before its steps, so without
+        # one step first the first draw would be w* itself (an exact-zero LLC draw)
+        prepared = prepared._replace(options=prepared.options._replace(num_burnin=1))
     options = prepared.options
     total = options.num_burnin + options.num_draws * options.steps_per_draw
     meter.start(total, f"sampling {options.num_chains} chains")
@@ -698,6 +707,8 @@ def _run(prepared: _Prepared, meter: ProgressMeter) -> Trace:
         state, accumulator_states = _burn_in(
             prepared, prepared.state, prepared.accumulator_states, options.num_burnin, meter
         )
+        # adaptive samplers (e.g. RMSProp-SGLD's preconditioner) stop adapting: data, no compile
+        state = state._replace(sampler_state=end_of_burnin(state.sampler_state))
         state, accumulator_states, blocks = _run_phase(
             prepared, state, accumulator_states, options.num_draws, options.steps_per_draw, meter
         )
@@ -740,7 +751,12 @@ def sample(
     :math:`L_B(w), \nabla L_B(w)` of the minibatch mean loss, and applies
     ``sampler.update(grads, state, params, key=...)``. All chains start at ``params``
     (:math:`w^*`, the localization center recorded by ``sampler.init``). After ``num_burnin``
-    discarded steps, ``num_draws`` draws are recorded ``steps_per_draw`` steps apart.
+    discarded steps, ``num_draws`` draws are recorded ``steps_per_draw`` steps apart. When
+    burn-in ends (also with ``num_burnin=0``, and in a continued run, where it changes nothing)
+    the sampler state's adaptation is switched off (:func:`slt_jax.samplers.end_of_burnin`:
+    every ``"adapting"`` hyperparameter is set to 0, as data, so nothing recompiles): the
+    preconditioner of RMSProp-/Adam-SGLD (``adapt="burnin"``) adapts during burn-in and is
+    constant for the draws.
 
     Streams recorded at each draw (at the draw's parameters): ``"loss"`` (the minibatch loss),
     each observable ``fn(params)``, and for each query set ``loss_fn(params, query)`` on all
@@ -764,7 +780,11 @@ def sample(
         inside ``optax.chain``). Freeze weights with the sampler's ``mask=``, not
         ``optax.masked`` (which moves the leaves it skips by the raw gradient).
       key: a ``jax.random.key``, or an array of ``num_chains`` keys (one per chain).
-      num_chains, num_draws, num_burnin, steps_per_draw: chain counts and lengths.
+      num_chains, num_draws, num_burnin, steps_per_draw: chain counts and lengths. Each draw
+        records the chains' state before its ``steps_per_draw`` steps, so fresh chains with
+        ``num_burnin=0`` take one step first (``trace.hyperparameters["num_burnin"]`` is 1):
+        no draw is :math:`w^*` itself. A continued run (``initial_state``) starts where the
+        previous one stopped, a state no draw has recorded.
       batch_size: minibatch size ``b`` (``None``: full batch).
       observables: ``{name: fn(params) -> array}`` evaluated at each draw.
       query_data: ``{name: data pytree}``, each with its own leading example axis; the trace
@@ -807,6 +827,7 @@ def sample(
         data_axis=data_axis,
     )
     meter = _progress_meter(progress)
+    params = as_params(loss_fn, params)  # TrainResult, nnx.State, ... for adapters' loss_fns
     prepared = _prepare(
         loss_fn, params, data, sampler, key=key, options=options, observables=observables,
         query_data=query_data, accumulators=accumulators, initial_state=initial_state,
@@ -826,6 +847,7 @@ def compiled_memory(loss_fn, params, data, sampler, *, key, num_chains, num_draw
     keep their memory fixed (tests/test_memory.py).
     """
     options.pop("progress", None)
+    params = as_params(loss_fn, params)
     prepared = _prepare(
         loss_fn, params, data, sampler, key=key,
         options=SampleOptions(num_chains=num_chains, num_draws=num_draws, **options),
@@ -871,6 +893,7 @@ def evaluate_loss(
     Computed in chunks of ``chunk_size`` examples (``lax.map``) so memory stays bounded; use
     it for the LLC's :math:`L_n(w^*)`, which must never come from a single minibatch.
     """
+    params = as_params(loss_fn, params)  # TrainResult, nnx.State, ... for adapters' loss_fns
     check_params(params)
     n = num_examples(data)
     chunk_size = min(check_int("chunk_size", chunk_size, 1), n)

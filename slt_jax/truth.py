@@ -1,7 +1,7 @@
 """Truths: learning coefficients and related quantities known in closed form.
 
 These are the ground truths that samplers and estimators in ``slt_jax`` are tested
-against (see ``MATH.md`` section 7). Learning coefficients are returned exactly, as
+against (see ``docs/mathematics.md`` section 7). Learning coefficients are returned exactly, as
 :class:`fractions.Fraction`; the Gaussian checks are returned as ``float64`` numbers.
 
 This module is pure Python (plus numpy for the Gaussian checks); it never imports jax.
@@ -27,6 +27,7 @@ __all__ = [
     "sgld_stationary_variance",
     "sghmc_stationary_variance",
     "baoab_stationary_variance",
+    "adam_sgld_stationary_variance",
     "linear_regression_loss_covariance",
 ]
 
@@ -76,7 +77,7 @@ def regular(d: int) -> Fraction:
         \lambda = \frac{d}{2}
 
     Holds whenever the Hessian of :math:`K` at the true parameter has full rank
-    (Watanabe, *Algebraic Geometry and Statistical Learning Theory*, 2009; MATH.md §7).
+    (Watanabe, *Algebraic Geometry and Statistical Learning Theory*, 2009; docs/mathematics.md §7).
 
     Args:
         d: the number of parameters, an integer :math:`\ge 0`.
@@ -106,7 +107,7 @@ def normal_crossing(
     and :math:`h_i = 0` (a prior positive at the origin) by default. Example:
     :math:`f(x; w) = x \prod_i w_i^{k_i}` fitted to pure noise. Coordinates with
     :math:`k_i = 0` do not enter :math:`K` and are ignored (Watanabe 2009, resolution of
-    singularities / normal crossing form; MATH.md §7).
+    singularities / normal crossing form; docs/mathematics.md §7).
 
     Args:
         powers: the exponents :math:`k_i \ge 0` (rationals allowed).
@@ -152,7 +153,7 @@ def separable(powers: Sequence[int]) -> Fraction:
 
         \mathbb{E}[n\beta K] = \sum_i \frac{1}{2 k_i},
 
-    which is the learning coefficient of :math:`K` (Watanabe 2009; MATH.md §7).
+    which is the learning coefficient of :math:`K` (Watanabe 2009; docs/mathematics.md §7).
 
     Args:
         powers: the exponents :math:`k_i > 0`.
@@ -383,14 +384,14 @@ def sgld_stationary_variance(precision, step_size):
     r"""Stationary variance of SGLD on a 1-d quadratic with precision :math:`P`.
 
     The update :math:`u \leftarrow u - \tfrac{\varepsilon}{2} P u + \sqrt{\varepsilon}\,\eta`
-    (the SLT convention of MATH.md §1) has the stationary variance
+    (the SLT convention of docs/mathematics.md §1) has the stationary variance
 
     .. math::
 
         v = \frac{1}{P\,(1 - \varepsilon P / 4)},
 
     the fixed point of :math:`v = (1 - \varepsilon P/2)^2 v + \varepsilon`; it tends to
-    the exact :math:`1/P` as :math:`\varepsilon \to 0` (MATH.md §7).
+    the exact :math:`1/P` as :math:`\varepsilon \to 0` (docs/mathematics.md §7).
 
     Accepts scalars (returns a ``float``) or arrays (returns a ``float64`` array).
 
@@ -504,6 +505,80 @@ def baoab_stationary_variance(precision, learning_rate, friction):
     return position, velocity
 
 
+def adam_sgld_stationary_variance(curvature, nbeta, localization, step_size, first_decay):
+    r"""Stationary variance of Adam-SGLD's lagging-first-moment drift with a constant
+    preconditioner on a 1-d quadratic.
+
+    This is published Adam-SGLD (drift :math:`n\beta\,\hat m`) whose :math:`P` does not move
+    (e.g. ``adam_sgld(adapt="always", stability=a)`` with a large :math:`a`), the recursion
+    that ``adam_sgld(adapt="burnin")`` would follow after burn-in if it kept :math:`\hat m`.
+    It does not: frozen, :func:`slt_jax.samplers.adam_sgld` drifts along the gradient itself,
+    so its draws have :func:`sgld_stationary_variance` with step :math:`\epsilon P`; this
+    function measures the first moment's lag it avoids. With :math:`h = \epsilon P` the
+    effective step, the update on :math:`L(u) = \tfrac12 a u^2` (gradient :math:`g = a u`,
+    exact) is, long after the first moment's bias correction has died out,
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1-\beta_1)\, a u_t,\qquad
+        u_{t+1} = u_t - \tfrac{h}{2}\big(n\beta\, m_t + \gamma u_t\big) + \sqrt{h}\,\eta_t,
+
+    a linear recursion in :math:`(u_t, m_{t-1})` whose stationary covariance solves a discrete
+    Lyapunov equation (ours; solved here exactly as a 4×4 linear system). With
+    :math:`c = n\beta a + \gamma`, to first order in :math:`hc`:
+    :math:`\operatorname{Var} u \approx \frac1c\big(1 + hc\,[\tfrac14 +
+    \tfrac{n\beta a}{c}\tfrac{\beta_1}{2(1-\beta_1)}]\big)`; :math:`\beta_1 = 0` is SGLD's
+    :func:`sgld_stationary_variance`.
+
+    Args:
+        curvature: :math:`a \ge 0` (scalar or array).
+        nbeta: :math:`n\beta > 0`.
+        localization: :math:`\gamma \ge 0`.
+        step_size: the effective step :math:`h = \epsilon P > 0` (scalar or array, broadcast
+            with ``curvature``).
+        first_decay: :math:`\beta_1 \in [0, 1)`.
+
+    Returns:
+        :math:`\operatorname{Var} u` (float for scalar input, else an array).
+
+    Raises:
+        ValueError: on invalid input or an unstable recursion (spectral radius ≥ 1).
+
+    Examples:
+        >>> from slt_jax import truth
+        >>> sgld = truth.sgld_stationary_variance(101.0, 1e-3)     # c = 100 * 1 + 1
+        >>> abs(truth.adam_sgld_stationary_variance(1.0, 100.0, 1.0, 1e-3, 0.0) - sgld) < 1e-12
+        True
+        >>> round(101.0 * truth.adam_sgld_stationary_variance(1.0, 100.0, 1.0, 1e-3, 0.9), 3)
+        1.474
+    """
+    a, h = np.broadcast_arrays(np.asarray(curvature, np.float64), np.asarray(step_size, np.float64))
+    nbeta, gamma, beta = float(nbeta), float(localization), float(first_decay)
+    if not np.all(np.isfinite(a)) or np.any(a < 0) or not np.all(np.isfinite(h)) or np.any(h <= 0):
+        raise ValueError(
+            f"curvature must be >= 0 and step_size > 0, got {curvature!r}, {step_size!r}"
+        )
+    if not (nbeta > 0 and gamma >= 0 and 0 <= beta < 1):
+        raise ValueError(f"need nbeta > 0, localization >= 0, 0 <= first_decay < 1; got "
+                         f"{nbeta!r}, {localization!r}, {first_decay!r}")
+    variances = np.empty(a.shape)
+    for index in np.ndindex(a.shape):
+        k, step = nbeta * a[index], h[index]
+        transition = np.array([
+            [1.0 - step / 2 * (k * (1 - beta) + gamma), -step / 2 * nbeta * beta],
+            [a[index] * (1 - beta), beta],
+        ])
+        if np.max(np.abs(np.linalg.eigvals(transition))) >= 1:
+            raise ValueError(
+                f"Adam-SGLD is unstable at step_size={step!r} (curvature {a[index]!r})"
+            )
+        noise = np.zeros(4)
+        noise[0] = step
+        covariance = np.linalg.solve(np.eye(4) - np.kron(transition, transition), noise)
+        variances[index] = covariance[0]
+    return float(variances) if variances.ndim == 0 else variances
+
+
 def gaussian_llc(curvatures, nbeta, localization=0.0, step_size=None) -> float:
     r"""Expected LLC estimate on a quadratic loss, exact and under discrete SGLD.
 
@@ -523,7 +598,7 @@ def gaussian_llc(curvatures, nbeta, localization=0.0, step_size=None) -> float:
         \mathbb{E}[\hat\lambda_{\mathrm{SGLD}}] =
             \frac12 \sum_i \frac{n\beta\, a_i}{P_i (1 - \varepsilon P_i / 4)}
 
-    (MATH.md §7; LLC estimator of Lau et al., arXiv 2308.12108). With :math:`\gamma = 0`
+    (docs/mathematics.md §7; LLC estimator of Lau et al., arXiv 2308.12108). With :math:`\gamma = 0`
     and all :math:`a_i > 0` the exact value is :math:`d/2`. A direction with
     :math:`a_i = 0` does not change the loss and contributes 0.
 
@@ -586,7 +661,7 @@ def linear_regression_loss_covariance(X, Sigma, residuals):
 
         \operatorname{Cov}(\ell_i, \ell_j) = \frac{S_{ij}^2}{2} + r_i r_j S_{ij}
 
-    (Isserlis' theorem; the closed-form check for the loss kernel / BIF, MATH.md §7).
+    (Isserlis' theorem; the closed-form check for the loss kernel / BIF, docs/mathematics.md §7).
 
     Args:
         X: design matrix, shape ``(n, d)``.

@@ -152,8 +152,10 @@ def test_a_non_finite_gradient_at_w_star_names_the_param_leaf(entry):
 
 def test_a_step_below_the_float16_resolution_warns():
     params, data = make_problem(jnp.float16)
-    with pytest.warns(RuntimeWarning, match=r"sqrt\(ε\)=1e-04.* below .*float16") as caught:
-        trace = run_sample(params=params, data=data, sampler=slt.samplers.sgld(1e-8, 10.0))
+    # sqrt(ε) = 1e-5 against a float16 half-spacing >= 1.2e-4 at |w| >= 0.25: a 12σ noise draw
+    # would be needed to move a coordinate, so no update survives (1e-8 was a 1.2σ margin)
+    with pytest.warns(RuntimeWarning, match=r"sqrt\(ε\)=1e-05.* below .*float16") as caught:
+        trace = run_sample(params=params, data=data, sampler=slt.samplers.sgld(1e-10, 10.0))
     message = str(caught[0].message)
     assert "|w|" in message and "float32" in message  # where, and what to do
     # the warning is right: every update rounded to zero

@@ -95,3 +95,28 @@ def test_docstring_examples(name):
         runner.run(test, out=output.write)
     results = runner.summarize(verbose=False)
     assert results.failed == 0, output.getvalue()
+
+
+def test_mathematics_references_point_at_existing_sections():
+    """The code and docs cite ``docs/mathematics.md §N``: the page exists in the repository,
+    every cited section is one of its headings, and nothing cites the old page outside the
+    repository (MATH dot md)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    page = root / "docs" / "mathematics.md"
+    sections = set(re.findall(r"^## §(\d+)", page.read_text(encoding="utf-8"), re.MULTILINE))
+    assert sections >= {str(i) for i in range(8)}, sections
+    cited, stale = set(), []
+    files = [root / "README.md", *(root / "docs").glob("*.md")]
+    for folder, pattern in (("slt_jax", "*.py"), ("tests", "*.py"), ("notebooks", "*.ipynb"),
+                            ("benchmarks", "*.py")):
+        files.extend((root / folder).rglob(pattern))
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        if "MATH" + ".md" in text:  # (spelt in two parts so this file does not match)
+            stale.append(str(path.relative_to(root)))
+        cited |= set(re.findall(r"mathematics\.md\)?\s*(?:§|\\u00a7|section )(\d+)", text))
+    assert not stale, f"cite docs/mathematics.md instead of the old page: {stale}"
+    assert cited and cited <= sections, cited - sections

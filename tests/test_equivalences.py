@@ -1,4 +1,4 @@
-"""Exact equivalences between samplers, drivers and estimators (MATH.md §0-§2).
+"""Exact equivalences between samplers, drivers and estimators (docs/mathematics.md §0-§2).
 
 These tests need no statistics: each compares two computations that must agree exactly (bit
 for bit) or to float rounding, on tiny models with a handful of steps.

@@ -5,7 +5,7 @@ Closed forms used as truths (float64 numpy):
 * ridge regression, ``ℓ_i = ½(x_iᵀw − y_i)²``, objective ``Σ_i c_i ℓ_i / C + (λ/2)‖w‖²``:
   ``w = (XᵀDX/C + λI)⁻¹ XᵀDy/C`` with ``D = diag(c)``;
 * the Gaussian posterior of the same model: ``Cov(ℓ_i, ℓ_k) = r_i r_k S_ik + S_ik²/2`` with
-  ``S = XΣXᵀ`` and discrete SGLD's stationary ``Σ_ε = A⁻¹(I − εA/4)⁻¹`` (MATH.md §7).
+  ``S = XΣXᵀ`` and discrete SGLD's stationary ``Σ_ε = A⁻¹(I − εA/4)⁻¹`` (docs/mathematics.md §7).
 """
 
 import jax

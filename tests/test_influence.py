@@ -1,4 +1,4 @@
-"""Loss kernel and Bayesian influence function (MATH.md §3, §4, §7).
+"""Loss kernel and Bayesian influence function (docs/mathematics.md §3, §4, §7).
 
 The statistical tests compare sampled kernels with the closed form for linear regression under
 discretized SGLD with full-batch gradients, with tolerances from Monte Carlo standard errors
@@ -25,7 +25,7 @@ CENTERS = ("global", "chain")
 
 
 # ----------------------------------------------------------------------------------------------
-# linear regression and its exact kernel (MATH.md §7)
+# linear regression and its exact kernel (docs/mathematics.md §7)
 
 
 def loss_fn(params, batch):
@@ -292,10 +292,10 @@ def test_estimate_bif_end_to_end():
     data = _f32(x, y)
     query = _f32(x[:q], y[:q])  # the first q training examples: self-influence is -beta Var < 0
     result = estimate_bif(loss_fn, {"w": jnp.asarray(center, jnp.float32)}, data, query,
-                          key=jax.random.key(8), num_draws=300, store_losses=True)
+                          key=jax.random.key(8), store_losses=True)  # draws: until MCSE
     assert isinstance(result, BIFResult)
     assert result.bif.shape == (n, q) and np.all(np.isfinite(result.bif))
-    nbeta = slt.default_nbeta(n)
+    nbeta = float(n)  # estimate_bif's default: nβ = n, β = 1 (tests/test_bif_defaults.py)
     assert result.hyperparameters["beta"] == pytest.approx(nbeta / n)
     assert np.all(np.diag(np.asarray(result.bif)[:q]) < 0)
     stored = result.trace.query_losses
@@ -303,7 +303,7 @@ def test_estimate_bif_end_to_end():
         result.bif, bif(stored["train"], stored["query"], beta=nbeta / n), rtol=1e-4,
         atol=1e-5 * float(np.max(np.abs(result.bif))),
     )
-    # LLC of a regular model: E = ½ Σ nβ a_i / (nβ a_i + γ) (MATH.md §7, ε → 0); tolerance
+    # LLC of a regular model: E = ½ Σ nβ a_i / (nβ a_i + γ) (docs/mathematics.md §7, ε → 0); tolerance
     # 4 MCSE plus 10% of it for the calibrated step size's discretization and minibatch bias
     curvatures = np.linalg.eigvalsh(x.T @ x / n)
     expected = 0.5 * np.sum(nbeta * curvatures / (nbeta * curvatures + 1.0))

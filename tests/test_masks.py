@@ -1,4 +1,4 @@
-"""Masks by name (slt_jax.masks) and weight-/data-refined LLCs (MATH.md §2, issue 11).
+"""Masks by name (slt_jax.masks) and weight-/data-refined LLCs (docs/mathematics.md §2, issue 11).
 
 Statistical checks run ``slt.sample`` with a fixed SGLD step (full batch) and compare the LLC
 with a closed-form truth at a stated relative tolerance, or two estimates with their combined

@@ -1,4 +1,4 @@
-"""Tests for slt_jax.models (DLN, MLP) and slt_jax.data (DLN teacher protocol, MATH.md §7)."""
+"""Tests for slt_jax.models (DLN, MLP) and slt_jax.data (DLN teacher protocol, docs/mathematics.md §7)."""
 
 from fractions import Fraction
 

@@ -162,7 +162,7 @@ def _normal_crossing_expectation(nbeta, localization):
 # reports them); the comparison below is the test
 @pytest.mark.filterwarnings("ignore:NUTS had .* divergent transitions:RuntimeWarning")
 def test_sgld_and_nuts_agree_on_a_normal_crossing():
-    """K(w) = ½ w1² w2⁴ at w* = 0: λ = 1/4 as nβ → ∞ (MATH.md §7); 0.202 at nβ = n/log n.
+    """K(w) = ½ w1² w2⁴ at w* = 0: λ = 1/4 as nβ → ∞ (docs/mathematics.md §7); 0.202 at nβ = n/log n.
 
     y is made exactly orthogonal to x and ⟨x²⟩ = 1, so L(w) − L(0) = ½ w1² w2⁴.
     NUTS: the posterior is a cross whose arms narrow like (nβ w2⁴)^{-1/2}; at the default

@@ -1,4 +1,4 @@
-"""Statistical tests against closed-form truths (MATH.md §7).
+"""Statistical tests against closed-form truths (docs/mathematics.md §7).
 
 Every tolerance is ``4 × MCSE`` (the Monte Carlo standard error from the effective sample size
 of many vmapped chains), plus, where stated, an allowance for the sampler's known discretization

@@ -19,8 +19,9 @@ RUN = dict(key=jax.random.key(0), num_chains=1, num_draws=2)
 
 
 def _first_loss(loss_fn):
-    """The draw-0 loss of a run (full batch: the mean loss at w*) and what it should be."""
-    got = float(slt.sample(loss_fn, PARAMS, DATA, SAMPLER, **RUN).loss[0, 0])
+    """The draw-0 loss at w* of a run (full batch: the paired center loss is the mean loss at
+    w*; the draw itself is one step away) and what it should be."""
+    got = float(slt.sample(loss_fn, PARAMS, DATA, SAMPLER, **RUN).center_loss[0, 0])
     return got, float(jnp.mean(loss_fn(PARAMS, DATA)))
 
 

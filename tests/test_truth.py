@@ -1,4 +1,4 @@
-"""Tests for slt_jax.truth: closed-form learning coefficients (MATH.md section 7)."""
+"""Tests for slt_jax.truth: closed-form learning coefficients (docs/mathematics.md section 7)."""
 
 from __future__ import annotations
 

@@ -307,14 +307,15 @@ def test_per_head_llcs_are_finite_converged_and_differ(trained_transformer):
     model, data, result = trained_transformer
     assert result.losses[-20:].mean() < 0.7 * result.losses[:5].mean()
     loss_fn, params = slt.adapters.from_nnx(model, next_token_loss)
-    checkpoints = nnx.to_pure_dict(result.checkpoints)
+    checkpoints = result.checkpoints  # an nnx.State: the sweep takes it as the adapter's params
     masks = {
         f"L{layer}H{head}": slt.masks.head(params, f"blocks/{layer}/attn/*", head=head, axis=0)
         for layer in range(2) for head in range(2)
     }
     final = jax.tree.map(lambda c: c[-1:], checkpoints)
     sweep = slt.llc_over_checkpoints(loss_fn, final, data, key=jax.random.key(3), masks=masks,
-                                     num_chains=4, num_draws=200, num_burnin=100)
+                                     sampler="refined_llc_paper", num_chains=4, num_draws=200,
+                                     num_burnin=100)
     mean, mcse, rhat = sweep.mean[0], sweep.mcse[0], sweep.rhat[0]
     assert np.all(np.isfinite(mean)) and np.all(mean > 0)
     assert np.all(rhat < 1.05), rhat

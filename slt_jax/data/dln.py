@@ -1,4 +1,4 @@
-"""Deep linear network teachers and data: the DLN benchmark protocol of MATH.md §7.
+"""Deep linear network teachers and data: the DLN benchmark protocol of docs/mathematics.md §7.
 
 Protocol (Furman & Lau, arXiv 2402.03698): the teacher's layers are Xavier-normal; each layer,
 with probability ½, has its trailing rows zeroed so that it has a random lower rank; ``r`` is the
@@ -115,7 +115,7 @@ def make_dln_teacher(
     rank_deficiency_probability: float = 0.5,
     minimal_rank: bool = False,
 ) -> DLNTeacher:
-    """Draw a DLN teacher following the Furman & Lau protocol (arXiv 2402.03698, MATH.md §7).
+    """Draw a DLN teacher following the Furman & Lau protocol (arXiv 2402.03698, docs/mathematics.md §7).
 
     1. Every layer ``W_i`` (shape ``(H_i, H_{i+1})``) is Xavier-normal (:func:`dln_init`).
     2. Independently for each layer, with probability ``rank_deficiency_probability``, a rank
@@ -276,7 +276,7 @@ def dln_problem(
     input_range: float = 10.0,
     rank_deficiency_probability: float = 0.5,
 ) -> tuple[DLNTeacher, tuple[jax.Array, jax.Array], Callable[..., jax.Array]]:
-    """A complete DLN benchmark problem (MATH.md §7): teacher, noise-free data and loss.
+    """A complete DLN benchmark problem (docs/mathematics.md §7): teacher, noise-free data and loss.
 
     Args:
       key: a JAX PRNG key (split into a teacher key and a data key).

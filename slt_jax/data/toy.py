@@ -1,4 +1,4 @@
-r"""Small problems whose LLC is known exactly for the data at hand (MATH.md §7).
+r"""Small problems whose LLC is known exactly for the data at hand (docs/mathematics.md §7).
 
 Each returns a :class:`ToyProblem` ``(loss_fn, params, data, exact_llc)``: sample at
 ``params`` (:math:`w^*`) and compare an estimate with ``exact_llc(nbeta, localization)``, the
@@ -52,7 +52,7 @@ def polynomial_problem(
     :math:`\ell = (y - f(x; w))^2 / (2\sigma^2)`. With :math:`u = \prod_i w_i^{k_i}`,
     :math:`L_n(w) - L_n(0) = (S_{xx} u^2 - 2 S_{xy} u)/(2\sigma^2 n)`, so the posterior depends
     on :math:`w` only through :math:`u` and the prior; ``exact_llc`` integrates it on a grid
-    (two weights: a 2-D grid). The normal-crossing truth (MATH.md §7) is
+    (two weights: a 2-D grid). The normal-crossing truth (docs/mathematics.md §7) is
     :math:`\lambda = 1/(2\max k_i)` as :math:`n\beta \to \infty`; at finite :math:`n\beta` the
     exact value is lower (Lau et al. 2023's ``w1 w2²`` example: 0.086 at :math:`n = 1000`).
 

@@ -1,4 +1,4 @@
-r"""The local learning coefficient (Lau et al. 2023, arXiv 2308.12108; MATH.md §2).
+r"""The local learning coefficient (Lau et al. 2023, arXiv 2308.12108; docs/mathematics.md §2).
 
 .. math::
 
@@ -31,12 +31,16 @@ class LLCResult(NamedTuple):
         autocorrelation misses).
       rhat: split-R̂ across the non-diverged chains (``nan`` if undefined).
       ess: effective sample size of the pooled draws.
-      init_loss: :math:`L_n(w^*)` used.
+      init_loss: :math:`L_n(w^*)`: the value the plain estimator subtracts; for the paired
+        estimator (which subtracts each draw's minibatch loss at :math:`w^*` instead) the
+        ``init_loss`` passed in when it agrees with those minibatch losses, else their mean.
       nbeta: :math:`n\beta` used.
       diverged_chains: indices of the chains excluded because their loss became non-finite.
       draws: ``(num_chains, num_draws)`` array of per-draw estimates
         :math:`n\beta(L_{B_t}(w_t) - L_{B_t}(w^*))` (paired) or :math:`n\beta(L_t - L_n(w^*))`.
-      hyperparameters: what produced the trace (filled by :func:`slt_jax.estimate_llc`).
+      hyperparameters: what produced the trace (filled by :func:`slt_jax.estimate_llc`;
+        ``"gradient_noise_bias"`` is the relative overestimate that minibatch gradient noise
+        predicts where the chains ended, left in the estimate and shown by :meth:`summary`).
       runaway_chains: indices of the chains excluded because they ran away (grew by orders of
         magnitude) while staying finite.
     """
@@ -61,6 +65,11 @@ class LLCResult(NamedTuple):
             text += f"; diverged chains excluded: {list(self.diverged_chains)}"
         if self.runaway_chains:
             text += f"; runaway chains excluded: {list(self.runaway_chains)}"
+        noise = (self.hyperparameters or {}).get("gradient_noise_bias")
+        if noise is not None and noise > 0:
+            size = f"+{noise:.1%}" if np.isfinite(noise) else "more than the estimate"
+            text += (f"; minibatch gradient noise: predicted bias up to {size} (included, not "
+                     "subtracted)")
         return text
 
 
@@ -88,7 +97,7 @@ def llc(
         \quad\text{(plain)},\qquad
         \hat\lambda = \operatorname{mean}_c \hat\lambda_c
 
-    (Lau et al. 2023, arXiv 2308.12108; MATH.md §2.) The **paired** estimator (the default for
+    (Lau et al. 2023, arXiv 2308.12108; docs/mathematics.md §2.) The **paired** estimator (the default for
     a trace that records ``center_loss``) subtracts the same minibatch's loss at :math:`w^*`
     from each draw. Its expectation is the plain one's — the minibatch :math:`B_t` is drawn
     uniformly, independently of :math:`w_t`, so :math:`\mathbb E[L_{B_t}(w^*)] = L_n(w^*)` —
@@ -103,7 +112,11 @@ def llc(
       nbeta: the :math:`n\beta` the chains were run with; ``None`` reads it from
         ``trace.hyperparameters``. A value that differs from the recorded one raises.
       init_loss: :math:`L_n(w^*)` on the full data (see :func:`slt_jax.evaluate_loss`), never
-        a single minibatch's loss; needed only by the plain estimator.
+        a single minibatch's loss; needed only by the plain estimator. The paired estimator
+        does not use it: it is checked against the mean of ``trace.center_loss`` (i.i.d.
+        minibatch losses at :math:`w^*`) and reported as ``result.init_loss`` when the two
+        agree (within 5 standard errors and 0.1%); otherwise a ``RuntimeWarning`` says it was
+        not used and the mean is reported.
       loss: ``"loss"`` for the recorded minibatch loss, or the name of a scalar observable
         (e.g. the loss on a fixed evaluation set; plain estimator).
       paired: ``None`` pairs when the trace has ``center_loss``; ``False`` forces the plain
@@ -203,20 +216,47 @@ def _draws(trace, nbeta, init_loss, loss, paired):
             f"losses must have shape (num_chains, num_draws), got {losses.shape}; "
             "an observable used as the loss must be a scalar per draw"
         )
+    if losses.shape[0] < 1 or losses.shape[1] < 2:
+        raise ValueError(
+            f"losses have shape {losses.shape}; the LLC needs at least one chain and two draws "
+            "per chain (num_chains, num_draws): one draw has no error bar"
+        )
     if init_loss is not None:
         init_loss = float(init_loss)
         if not np.isfinite(init_loss):
             raise ValueError(f"init_loss must be finite, got {init_loss!r}")
     if center is not None and paired is not False:
         center = np.asarray(center, dtype=np.float64)
-        reported = init_loss if init_loss is not None else float(np.nanmean(center))
-        return nbeta * (losses - center), reported
+        return nbeta * (losses - center), _paired_init_loss(center, init_loss)
     if init_loss is None:
         raise ValueError(
             "init_loss (L_n(w*) on the full data, slt_jax.evaluate_loss) is required by the "
             "plain estimator"
         )
     return nbeta * (losses - init_loss), init_loss
+
+
+def _paired_init_loss(center, init_loss) -> float:
+    """The :math:`L_n(w^*)` a paired result reports: ``init_loss`` if it agrees with the
+    recorded minibatch losses at w* (i.i.d. draws of a mean whose expectation is
+    :math:`L_n(w^*)`), else their mean, with a warning that ``init_loss`` was not used."""
+    finite = center[np.isfinite(center)]
+    mean = float(np.mean(finite)) if finite.size else float("nan")
+    if init_loss is None or not finite.size:
+        return mean if init_loss is None else init_loss
+    error = float(np.std(finite, ddof=1) / np.sqrt(finite.size)) if finite.size > 1 else 0.0
+    if abs(init_loss - mean) <= 5 * error + 1e-3 * max(abs(mean), abs(init_loss)) + 1e-12:
+        return init_loss
+    warnings.warn(
+        f"init_loss={init_loss:.6g} is not used by the paired estimator (it subtracts each "
+        "draw's minibatch loss at w*, trace.center_loss), and it disagrees with the mean of "
+        f"those losses, {mean:.6g} ± {error:.2g}: is it L_n(w*) on the full data? "
+        "result.init_loss reports the mean. Pass paired=False to subtract init_loss instead "
+        "(the plain estimator), or leave init_loss out",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return mean
 
 
 def runaway_chains(draws) -> np.ndarray:

@@ -8,7 +8,7 @@ A DLN with widths ``(H_0, H_1, ..., H_L)`` has ``L`` weight matrices ``W_i`` of 
     f(x; W) = x \\, W_0 W_1 \\cdots W_{L-1} \\in \\mathbb{R}^{H_L}.
 
 The learning coefficient of a DLN at a teacher of product rank ``r`` is known in closed form
-(Aoyagi 2024; MATH.md §7), which makes the DLN the standard LLC benchmark
+(Aoyagi 2024; docs/mathematics.md §7), which makes the DLN the standard LLC benchmark
 (Furman & Lau, arXiv 2402.03698).
 """
 
@@ -187,7 +187,7 @@ def dln_loss(params: Sequence[jax.Array], batch: tuple[jax.Array, jax.Array]) ->
 
         \\ell_i(W) = \\tfrac12 \\lVert f(x_i; W) - y_i \\rVert^2,
 
-    the Gaussian negative log-likelihood with unit variance up to a constant (MATH.md §0).
+    the Gaussian negative log-likelihood with unit variance up to a constant (docs/mathematics.md §0).
 
     Args:
       params: list of weight matrices, ``params[i].shape == (H_i, H_{i+1})``.

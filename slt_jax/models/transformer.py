@@ -28,7 +28,7 @@ architecture::
     unembedding/w (d, V)   unembedding/b (V,)
 
 Because every head has its own leaf slice, a weight restriction to one head or one layer is a
-boolean mask of the same shapes (MATH.md §2, refined LLCs).
+boolean mask of the same shapes (docs/mathematics.md §2, refined LLCs).
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def transformer_loss(params: dict, batch: Any) -> jax.Array:
 
         \ell_{i,s}(w) = -\log \operatorname{softmax}\big(f(t_{i,1..s}; w)_s\big)[t_{i,s+1}],
 
-    the per-token negative log-likelihood (MATH.md §0); ``slt_jax.sample`` averages it over
+    the per-token negative log-likelihood (docs/mathematics.md §0); ``slt_jax.sample`` averages it over
     examples and tokens for :math:`L_B`.
 
     Args:

@@ -1,4 +1,4 @@
-"""SGMCMC samplers as optax gradient transformations (MATH.md §1)."""
+"""SGMCMC samplers as optax gradient transformations (docs/mathematics.md §1)."""
 
 from slt_jax.samplers._base import (
     Preconditioner,
@@ -7,6 +7,7 @@ from slt_jax.samplers._base import (
     add_localization,
     hyperparameter_arrays,
     apply_mask,
+    end_of_burnin,
     mask_as_floats,
     scale_by_nbeta,
     standard_normal_like,
@@ -57,6 +58,7 @@ __all__ = [
     "add_localization",
     "apply_mask",
     "default_nbeta",
+    "end_of_burnin",
     "identity_preconditioner",
     "langevin_proposal",
     "mala_acceptance",

@@ -74,7 +74,7 @@ def hyperparameter_arrays(hyperparameters: dict) -> dict:
 
 
 class SamplerFamily(NamedTuple):
-    """Everything the calibration and :func:`slt_jax.estimate_llc` need to know about a sampler.
+    r"""Everything the calibration and :func:`slt_jax.estimate_llc` need to know about a sampler.
 
     Adding a sampler is one new record in :data:`slt_jax.samplers.SAMPLER_FAMILIES`.
 
@@ -94,6 +94,13 @@ class SamplerFamily(NamedTuple):
         step size is multiplied by ``factor`` after a divergence (SGNHT keeps its friction per
         step).
       tunes_friction: whether the calibration may raise ``friction`` to tame gradient noise.
+      preconditioner_value: for a preconditioned sampler, ``(sampler_state) -> P`` (one
+        chain's state; a pytree like the params) the preconditioner that state applies, which
+        is constant once adaptation has ended; ``base`` in ``step_size_rule`` is then
+        :math:`\kappa/\lambda_{max}(P^{1/2}(n\beta H + \gamma)P^{1/2})`, measured with the
+        :math:`P` the calibration's pilots ended with (``None``: not preconditioned).
+      initial_preconditioner: ``(options) -> float``, the preconditioner before any gradient
+        is seen (a constant; the calibration's round at :math:`w^*` uses it).
     """
 
     name: str
@@ -104,6 +111,8 @@ class SamplerFamily(NamedTuple):
     gradient_noise_heating: Callable[[float, float, dict], float] | None = None
     rescale_step: Callable[[dict, float], dict] | None = None
     tunes_friction: bool = False
+    preconditioner_value: Callable[[Any], Any] | None = None
+    initial_preconditioner: Callable[[dict], float] | None = None
 
     def rescaled(self, hyperparameters: dict, factor: float) -> dict:
         """Hyperparameter changes for a step size multiplied by ``factor``."""
@@ -133,6 +142,12 @@ def check_positive(name: str, value, allow_zero: bool = False) -> None:
     if np.any(bad) or not np.all(np.isfinite(array)):
         relation = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {relation}, got {value!r}")
+    largest = float(jnp.finfo(jnp.result_type(float)).max)  # hyperparameters are held in it
+    if np.any(np.abs(array.astype(np.float64)) > largest):
+        raise ValueError(
+            f"{name} must be finite in {jnp.result_type(float)} (at most {largest:.3g}), got "
+            f"{value!r}, which would be inf in the sampler's state"
+        )
 
 
 def check_unit_interval(name: str, value) -> None:
@@ -230,10 +245,18 @@ def validate_mask(mask: PyTree, params: PyTree) -> None:
                 f"(whole leaf) or the parameter's shape {jnp.shape(p)}"
             )
         if _is_concrete(m):
-            dtype = np.asarray(m).dtype
-            if dtype.kind not in "bfiu":
+            values = np.asarray(m)
+            if values.dtype.kind not in "bfiu":
                 raise TypeError(
-                    f"mask leaf at {jax.tree_util.keystr(path)} must be boolean, got dtype {dtype}"
+                    f"mask leaf at {jax.tree_util.keystr(path)} must be boolean, got dtype "
+                    f"{values.dtype}"
+                )
+            if values.dtype.kind != "b" and not np.all((values == 0) | (values == 1)):
+                odd = values[(values != 0) & (values != 1)].ravel()[0].item()
+                raise TypeError(
+                    f"mask leaf at {jax.tree_util.keystr(path)} must be boolean (True: sampled, "
+                    f"False: frozen at w*), got {values.dtype} values such as {odd!r}; a mask "
+                    "selects coordinates, it does not scale them (0/1 numbers are accepted)"
                 )
 
 
@@ -268,7 +291,55 @@ class Preconditioner(NamedTuple):
     its own, e.g. ``decay`` and ``stability``), ``drift_grads`` replaces the loss gradient in the
     drift (e.g. Adam's bias-corrected first moment) and ``preconditioner`` is a pytree (or the
     float ``1.0``) :math:`P` multiplying drift and noise variance.
+
+    An adaptive preconditioner reads the 0/1 float hyperparameter ``"adapting"`` when the
+    sampler's state holds one (``adapt="burnin"``): while it is 1 the preconditioner follows the
+    gradients, at 0 it is frozen (its state no longer changes, so :math:`P` is a constant).
+    ``value(state, hyperparameters) -> P`` is the preconditioner a frozen state applies
+    (``None`` for a preconditioner without state).
     """
 
     init: Callable[[PyTree], Any]
     update: Callable[[PyTree, Any, dict], tuple[PyTree, PyTree, Any]]
+    value: Callable[[Any, dict], PyTree] | None = None
+
+
+#: the sampler-state hyperparameter that :func:`end_of_burnin` switches off
+ADAPTING = "adapting"
+
+
+def end_of_burnin(sampler_state: PyTree) -> PyTree:
+    r"""The sampler state with every adaptation switched off: burn-in has ended.
+
+    Sets each hyperparameter named ``"adapting"`` held in a ``hyperparameters`` field of the
+    state (anywhere in it, e.g. inside ``optax.chain``'s tuple of states) to 0, keeping its
+    shape, dtype and placement (so the compiled sampling program is reused as is; nothing is
+    computed on a device). :func:`slt_jax.sample` calls it when its burn-in ends (also with
+    ``num_burnin=0`` and for a continued run, where it changes nothing). States without such a
+    hyperparameter are returned unchanged. RMSProp-/Adam-SGLD with ``adapt="burnin"`` (the
+    default) hold ``"adapting" = 1`` from ``init``: their preconditioner adapts during burn-in
+    and is constant during the draws, where preconditioned Langevin dynamics sample the target
+    (without the :math:`\Gamma` correction term a moving preconditioner needs).
+
+    Examples:
+      >>> import jax.numpy as jnp, slt_jax as slt
+      >>> sampler = slt.samplers.rmsprop_sgld(1e-4, 100.0)
+      >>> state = sampler.init({"w": jnp.zeros(2)})
+      >>> float(state.hyperparameters["adapting"])
+      1.0
+      >>> float(slt.samplers.end_of_burnin(state).hyperparameters["adapting"])
+      0.0
+    """
+
+    def switch_off(path, leaf):
+        if not (len(path) >= 2 and getattr(path[-2], "name", None) == "hyperparameters"
+                and getattr(path[-1], "key", None) == ADAPTING):
+            return leaf
+        if not isinstance(leaf, jax.Array):
+            return np.zeros_like(np.asarray(leaf))
+        # a transfer, not a computation; committed (e.g. sharded) stays committed where it was,
+        # uncommitted stays uncommitted: the same compiled program takes it
+        zeros = np.zeros(leaf.shape, leaf.dtype)
+        return jax.device_put(zeros, leaf.sharding if leaf.committed else None)
+
+    return jax.tree_util.tree_map_with_path(switch_off, sampler_state)

@@ -1,6 +1,6 @@
 r"""Stochastic-gradient MCMC samplers as optax gradient transformations.
 
-Conventions (MATH.md §1, the SLT convention): step size :math:`\epsilon`, drift
+Conventions (docs/mathematics.md §1, the SLT convention): step size :math:`\epsilon`, drift
 :math:`\epsilon/2`, noise :math:`\sqrt{\epsilon}`. With :math:`g = \nabla L_B(w)` the gradient of
 the minibatch *mean* loss, every sampler targets the localized tempered posterior
 
@@ -30,6 +30,7 @@ import optax
 from jax.typing import ArrayLike
 
 from slt_jax.samplers._base import (
+    ADAPTING,
     Preconditioner,
     Sampler,
     SamplerFamily,
@@ -49,7 +50,7 @@ PyTree = Any
 
 
 def default_nbeta(num_samples: int) -> float:
-    r"""The default inverse temperature :math:`n\beta = n / \log n` (MATH.md §0, ours).
+    r"""The default inverse temperature :math:`n\beta = n / \log n` (docs/mathematics.md §0, ours).
 
     ``num_samples`` is the dataset size ``n`` (devinterp v1 uses the batch size instead).
 
@@ -174,16 +175,34 @@ def rmsprop_preconditioner() -> Preconditioner:
             state.second_moment,
             grads,
         )
-        preconditioner = _bias_corrected_inverse_root(second_moment, decay, count, stability)
-        return grads, preconditioner, RMSPropPreconditionerState(second_moment, count)
+        new_state = _while_adapting(
+            hyperparameters, RMSPropPreconditionerState(second_moment, count), state
+        )
+        return grads, value(new_state, hyperparameters), new_state
 
-    return Preconditioner(init, update)
+    def value(state, hyperparameters):
+        return _bias_corrected_inverse_root(
+            state.second_moment, hyperparameters["decay"], state.count,
+            hyperparameters["stability"],
+        )
+
+    return Preconditioner(init, update, value)
+
+
+def _while_adapting(hyperparameters, adapted, frozen):
+    """``adapted`` while the hyperparameter ``"adapting"`` is 1 (or absent: ``adapt="always"``),
+    else ``frozen`` (the state before the step): a frozen preconditioner's state never changes."""
+    adapting = hyperparameters.get(ADAPTING)
+    if adapting is None:
+        return adapted
+    return jax.tree.map(lambda new, old: jnp.where(adapting > 0, new, old), adapted, frozen)
 
 
 class AdamPreconditionerState(NamedTuple):
     first_moment: PyTree
     second_moment: PyTree
-    count: jax.Array
+    count: jax.Array  # steps taken (the first moment's bias correction)
+    second_moment_count: jax.Array  # steps that adapted the second moment (its correction)
 
 
 def adam_preconditioner() -> Preconditioner:
@@ -197,11 +216,27 @@ def adam_preconditioner() -> Preconditioner:
     :math:`v_0 = \max(1-a, 0)^2` of :func:`rmsprop_preconditioner`, so the first steps are
     SGLD's rather than :math:`1/a` times larger); :math:`\beta_1, \beta_2, a` are the
     hyperparameters ``first_decay``, ``second_decay`` and ``stability``.
+
+    Frozen (hyperparameter ``"adapting"`` = 0, :func:`slt_jax.samplers.end_of_burnin`), the
+    second moment and its count stop, so :math:`P` is constant, and the drift is the gradient
+    :math:`g` itself instead of :math:`\hat m` (ours): the draws come from Langevin dynamics
+    with a constant :math:`P` (exact in the small-step limit, SGLD's bias at step
+    :math:`\epsilon P`). Why not keep :math:`\hat m` (a constant :math:`m` would be a constant
+    force, so the choice is between :math:`\hat m` and :math:`g`): its lag is momentum without
+    matching noise, a first-order bias; on a quadratic direction of precision
+    :math:`c = n\beta a + \gamma` the variance excess is
+    :math:`\epsilon P c\,[\tfrac14 + \tfrac{n\beta a}{c}\tfrac{\beta_1}{2(1-\beta_1)}]`
+    (:func:`slt_jax.truth.adam_sgld_stationary_variance`, exact; measured within MCSE), about
+    :math:`(1+\beta_1)/(1-\beta_1) = 19` times SGLD's :math:`\epsilon P c/4` at
+    :math:`\beta_1 = 0.9`, so at equal bias it needs a 19 times smaller step and mixes 19
+    times slower (measured on the DLN suite at 4,000 draws: −2% … −73%, median 39%:
+    under-mixed). The first moment still drives the burn-in, where only speed matters.
     """
 
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
-        return AdamPreconditionerState(zeros, zeros, jnp.zeros((), jnp.int32))
+        count = jnp.zeros((), jnp.int32)
+        return AdamPreconditionerState(zeros, zeros, count, count)
 
     def update(grads, state, hyperparameters):
         first_decay = hyperparameters["first_decay"]
@@ -219,12 +254,22 @@ def adam_preconditioner() -> Preconditioner:
         )
         first_correction = 1.0 - first_decay ** count.astype(first_decay.dtype)
         drift = jax.tree.map(lambda m: m / first_correction, first)
-        preconditioner = _bias_corrected_inverse_root(
-            second, second_decay, count, hyperparameters["stability"]
+        # frozen: the drift is the gradient itself (P-frozen SGLD), m only during adaptation
+        drift = _while_adapting(hyperparameters, drift, grads)
+        second, second_count = _while_adapting(
+            hyperparameters, (second, state.second_moment_count + 1),
+            (state.second_moment, state.second_moment_count),
         )
-        return drift, preconditioner, AdamPreconditionerState(first, second, count)
+        new_state = AdamPreconditionerState(first, second, count, second_count)
+        return drift, value(new_state, hyperparameters), new_state
 
-    return Preconditioner(init, update)
+    def value(state, hyperparameters):
+        return _bias_corrected_inverse_root(
+            state.second_moment, hyperparameters["second_decay"], state.second_moment_count,
+            hyperparameters["stability"],
+        )
+
+    return Preconditioner(init, update, value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +296,21 @@ def _langevin_updates(drift, noise, precondition, hyperparameters):
     return jax.tree.map(update, drift, noise, precondition)
 
 
+#: ``adapt=`` values of the adaptive samplers: adapt the preconditioner during burn-in and
+#: freeze it for the draws (the default), or adapt at every step (pSGLD as published)
+ADAPT_MODES = ("burnin", "always")
+
+
+def _check_adapt(adapt):
+    if adapt not in ADAPT_MODES:
+        raise ValueError(
+            f"adapt must be 'burnin' (adapt the preconditioner during burn-in, then freeze it) "
+            f"or 'always' (adapt at every step, biased), got {adapt!r}"
+        )
+
+
 def preconditioned_langevin(
-    hyperparameters: dict, preconditioner: Preconditioner, mask=None
+    hyperparameters: dict, preconditioner: Preconditioner, mask=None, adapt: str = "always"
 ) -> optax.GradientTransformationExtraArgs:
     r"""Preconditioned Langevin dynamics localized at :math:`w^*`.
 
@@ -266,13 +324,22 @@ def preconditioned_langevin(
     ``nbeta``, ``localization`` :math:`\gamma`, optionally ``temperature`` :math:`T` (scales the
     noise variance; 1 samples the posterior, 0 is preconditioned gradient descent) and the
     preconditioner's own; ``init`` stores them in the state. The correction term
-    :math:`\Gamma(w)` of pSGLD is dropped, as in Li et al. (2016) and devinterp.
+    :math:`\Gamma(w)` of pSGLD is dropped, as in Li et al. (2016) and devinterp: with
+    ``adapt="always"`` a preconditioner that follows the chain makes the dynamics sample a
+    different law (on a Gaussian, RMSProp's :math:`P = 1/(\sqrt{\hat v}+a)` weighs points by
+    about :math:`1/P`, which inflates the LLC, the more so the smaller the step: measured +11%
+    to +48%). With ``adapt="burnin"`` the state holds the hyperparameter ``"adapting" = 1``;
+    :func:`slt_jax.sample` sets it to 0 when burn-in ends (:func:`end_of_burnin`), after which
+    the preconditioner's state no longer changes: a constant :math:`P` samples the target
+    exactly in the small-step limit (its discretization bias is SGLD's with step
+    :math:`\epsilon P`). The flag is data, so switching compiles nothing.
     """
-
+    _check_adapt(adapt)
     overrides = _overrides(hyperparameters)
+    flags = {ADAPTING: 1.0} if adapt == "burnin" else {}
 
     def init(params):
-        center, values, mask_floats = _initial_state(params, hyperparameters, mask)
+        center, values, mask_floats = _initial_state(params, {**hyperparameters, **flags}, mask)
         return PreconditionedLangevinState(center, values, mask_floats, preconditioner.init(params))
 
     def update(grads, state, params=None, *, key, **extra_args):
@@ -295,11 +362,14 @@ def preconditioned_langevin(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _langevin_sampler(name, factory, hyperparameters, preconditioner, mask) -> Sampler:
-    transform = preconditioned_langevin(hyperparameters, preconditioner, mask)
+def _langevin_sampler(name, factory, hyperparameters, preconditioner, mask, adapt=None) -> Sampler:
+    transform = preconditioned_langevin(
+        hyperparameters, preconditioner, mask, "always" if adapt is None else adapt
+    )
     return Sampler(
         transform.init, transform.update, name=name, factory=factory,
         hyperparameters=hyperparameters, mask=mask,
+        static=() if adapt is None else (("adapt", adapt),),
     )
 
 
@@ -356,6 +426,7 @@ def rmsprop_sgld(
     *,
     decay: ArrayLike = 0.99,
     stability: ArrayLike = 0.1,
+    adapt: str = "burnin",
     mask: PyTree | None = None,
 ) -> Sampler:
     r"""RMSProp-preconditioned SGLD (pSGLD; Li et al. 2016; arXiv 2507.21449).
@@ -370,10 +441,21 @@ def rmsprop_sgld(
     for :math:`v_0` and bias correction. Because :math:`P \le 1/a`, the effective step size is
     at most ``step_size / stability``.
 
-    Measured caveat (tests/test_statistical.py): on a Gaussian target whose relaxation time is
-    comparable to the averaging window :math:`1/(1-\alpha)`, the position-dependent
-    :math:`P` inflates the stationary variance by 10-15% at ``decay=0.99``; ``decay=0.999``
-    (or a larger ``stability``, which makes :math:`P` nearly constant) removes most of it.
+    ``adapt="burnin"`` (the default, ours): :math:`v` follows the gradients during burn-in only;
+    :func:`slt_jax.sample` freezes it when burn-in ends (:func:`end_of_burnin`), so the draws
+    come from Langevin dynamics with a constant diagonal :math:`P`, which sample the target
+    with SGLD's discretization bias at step :math:`\epsilon P` (on a quadratic direction of
+    precision :math:`c`, variance :math:`1/(c(1-\epsilon P c/4))`). A run without burn-in
+    (``num_burnin=0``) still adapts once: :func:`slt_jax.sample` gives fresh chains one
+    burn-in step (so the first draw is not :math:`w^*` itself), and the draws use :math:`P_1`,
+    the prior :math:`v_0` (:math:`P_0 = \min(1, 1/a)`) updated by the gradient at :math:`w^*`.
+    A continued run (``initial_state=``) keeps its frozen :math:`P`.
+    ``adapt="always"`` is pSGLD as published (and devinterp): :math:`P` follows the chain and,
+    without the :math:`\Gamma` correction term, the chain samples a law weighted by about
+    :math:`1/P`; measured on a Gaussian target and on deep linear networks, the LLC is then
+    inflated by +8% to +48%, *more* the smaller the step (the window :math:`1/(1-\alpha)`
+    becomes short compared with the relaxation time, so :math:`P` is a function of the position),
+    where the same step with :math:`P` frozen is within 0-3%.
 
     Args:
       step_size: :math:`\epsilon > 0`.
@@ -381,6 +463,7 @@ def rmsprop_sgld(
       localization: :math:`\gamma \ge 0`.
       decay: :math:`\alpha \in (0, 1)`, the averaging of :math:`g^2`.
       stability: :math:`a > 0`.
+      adapt: ``"burnin"`` (adapt, then freeze for the draws) or ``"always"`` (biased).
       mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
 
     Returns:
@@ -391,16 +474,19 @@ def rmsprop_sgld(
       >>> sampler = slt.samplers.rmsprop_sgld(step_size=1e-4, nbeta=100.0, decay=0.999)
       >>> sampler.name, sampler.hyperparameters["decay"]
       ('rmsprop_sgld', 0.999)
+      >>> sampler.static
+      (('adapt', 'burnin'),)
     """
     _check_common(step_size, nbeta, localization)
     check_unit_interval("decay", decay)
     check_positive("stability", stability)
+    _check_adapt(adapt)
     hyperparameters = dict(
         step_size=step_size, nbeta=nbeta, localization=localization, decay=decay,
         stability=stability,
     )
     return _langevin_sampler(
-        "rmsprop_sgld", rmsprop_sgld, hyperparameters, rmsprop_preconditioner(), mask
+        "rmsprop_sgld", rmsprop_sgld, hyperparameters, rmsprop_preconditioner(), mask, adapt
     )
 
 
@@ -412,6 +498,7 @@ def adam_sgld(
     first_decay: ArrayLike = 0.9,
     second_decay: ArrayLike = 0.999,
     stability: ArrayLike = 0.1,
+    adapt: str = "burnin",
     mask: PyTree | None = None,
 ) -> Sampler:
     r"""Adam-preconditioned SGLD: RMSProp-SGLD with the drift :math:`n\beta\,\hat m`.
@@ -421,10 +508,15 @@ def adam_sgld(
         \Delta w = -\frac{\epsilon P}{2}\big[n\beta\, \hat m + \gamma (w - w^*)\big]
                    + \sqrt{\epsilon P}\,\eta,\quad P = 1/(\sqrt{\hat v} + a)
 
-    The first moment lags the gradient by about :math:`1/(1-\beta_1)` steps, which acts like
-    momentum with too little friction: measured on a Gaussian target, the stationary variance
-    is inflated by about :math:`\epsilon P/(2(1-\beta_1))` (ten to twenty times SGLD's
-    :math:`\epsilon P/4`), so Adam-SGLD needs a smaller step size for the same accuracy.
+    ``adapt`` as in :func:`rmsprop_sgld`: with ``"burnin"`` (the default) the second moment,
+    hence :math:`P`, is frozen when burn-in ends, and the draws use the gradient as the drift
+    (:func:`adam_preconditioner`): they are preconditioned SGLD with Adam's :math:`P`. The first
+    moment lags the gradient by about :math:`\beta_1/(1-\beta_1)` steps, which acts like
+    momentum without matching noise: even with :math:`P` constant it inflates the stationary
+    variance by :math:`\approx \epsilon P c\,(1+\beta_1)/(4(1-\beta_1))` on a quadratic
+    direction of precision :math:`c`, 19 times SGLD's :math:`\epsilon P c/4` at
+    :math:`\beta_1 = 0.9` (exact value: :func:`slt_jax.truth.adam_sgld_stationary_variance`);
+    with ``adapt="always"`` (published Adam-SGLD) that bias adds to the moving preconditioner's.
 
     Args:
       step_size: :math:`\epsilon > 0`.
@@ -432,6 +524,7 @@ def adam_sgld(
       localization: :math:`\gamma \ge 0`.
       first_decay, second_decay: :math:`\beta_1, \beta_2 \in (0, 1)`.
       stability: :math:`a > 0`.
+      adapt: ``"burnin"`` (adapt :math:`P`, then freeze it for the draws) or ``"always"``.
       mask: optional pytree of booleans (per leaf or per element); ``False`` freezes.
 
     Returns:
@@ -441,11 +534,14 @@ def adam_sgld(
     check_unit_interval("first_decay", first_decay)
     check_unit_interval("second_decay", second_decay)
     check_positive("stability", stability)
+    _check_adapt(adapt)
     hyperparameters = dict(
         step_size=step_size, nbeta=nbeta, localization=localization, first_decay=first_decay,
         second_decay=second_decay, stability=stability,
     )
-    return _langevin_sampler("adam_sgld", adam_sgld, hyperparameters, adam_preconditioner(), mask)
+    return _langevin_sampler(
+        "adam_sgld", adam_sgld, hyperparameters, adam_preconditioner(), mask, adapt
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,6 +837,23 @@ def _stability_option(step_size, options):
     return {"stability": options["stability"]}
 
 
+def _rmsprop_value(state):
+    """RMSProp-SGLD's preconditioner held in one chain's :class:`PreconditionedLangevinState`."""
+    return rmsprop_preconditioner().value(state.preconditioner, state.hyperparameters)
+
+
+def _adam_value(state):
+    """Adam-SGLD's preconditioner held in one chain's :class:`PreconditionedLangevinState`."""
+    return adam_preconditioner().value(state.preconditioner, state.hyperparameters)
+
+
+def _initial_preconditioner(options):
+    # P_0 = 1/(max(1 - a, 0) + a) (the prior v_0 of rmsprop_preconditioner)
+    return 1.0 / (max(1.0 - options["stability"], 0.0) + options["stability"])
+
+
+
+
 SAMPLER_FAMILIES = {
     family.name: family
     for family in (
@@ -749,15 +862,20 @@ SAMPLER_FAMILIES = {
             calibrated_options=_no_options, calibration_defaults={},
             gradient_noise_heating=_sgld_heating,
         ),
+        # preconditioned: base = κ/λ_max(P^½(nβH + γ)P^½) with the P the pilots measured
+        # (P_0 at w*); the draws run with P frozen (adapt="burnin"), where SGLD's bias at
+        # step εP holds (calibration.py docstring)
         SamplerFamily(
             name="rmsprop_sgld", factory=rmsprop_sgld,
-            step_size_rule=lambda base, options: base * options["stability"],
+            step_size_rule=lambda base, options: base,
             calibrated_options=_stability_option, calibration_defaults={"stability": 0.1},
+            preconditioner_value=_rmsprop_value, initial_preconditioner=_initial_preconditioner,
         ),
+        # Adam-SGLD's draws use the gradient as the drift (adapt="burnin"), so RMSProp's rule
         SamplerFamily(
-            name="adam_sgld", factory=adam_sgld,
-            step_size_rule=lambda base, options: base * options["stability"],
+            name="adam_sgld", factory=adam_sgld, step_size_rule=lambda base, options: base,
             calibrated_options=_stability_option, calibration_defaults={"stability": 0.1},
+            preconditioner_value=_adam_value, initial_preconditioner=_initial_preconditioner,
         ),
         SamplerFamily(
             name="sgnht", factory=sgnht,

@@ -8,7 +8,7 @@ For the proposal :math:`w' = w - \tfrac{\epsilon}{2}\nabla U(w) + \sqrt{\epsilon
     \qquad
     a(w, w') = \min\big(1, \exp(U(w) - U(w') + \log q(w \mid w') - \log q(w' \mid w))\big).
 
-Values near 1 mean :math:`\epsilon` is small enough for the local geometry (MATH.md §1;
+Values near 1 mean :math:`\epsilon` is small enough for the local geometry (docs/mathematics.md §1;
 used this way for SGLD step-size selection in Lau et al. 2023, arXiv 2308.12108).
 """
 
