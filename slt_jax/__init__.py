@@ -20,6 +20,7 @@ from slt_jax import (
     truth,
 )
 from slt_jax.compilation_cache import enable_compilation_cache
+from slt_jax.diagnostics import shared_drift
 from slt_jax.estimators import (
     BIFResult,
     LLCResult,
@@ -79,6 +80,7 @@ __all__ = [
     "reference",
     "sample",
     "samplers",
+    "shared_drift",
     "to_arviz",
     "training",
     "truth",

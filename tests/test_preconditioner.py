@@ -176,3 +176,17 @@ def test_end_of_burnin_reaches_a_sampler_inside_optax_chain():
     assert jax.tree.structure(switched) == jax.tree.structure(state)
     plain = slt.samplers.sgld(1e-4, NBETA).init({"w": jnp.zeros(4)})
     assert slt.samplers.end_of_burnin(plain).hyperparameters == plain.hyperparameters
+
+
+@pytest.mark.filterwarnings("ignore:split R-hat")  # 200 draws: only the record is checked
+def test_estimate_llc_records_the_preconditioner_mode():
+    """``result.hyperparameters`` says whether the preconditioner was frozen (the sampler's
+    static options are recorded with its numbers)."""
+    from slt_jax.data import linear_regression_problem
+
+    problem = linear_regression_problem(jax.random.key(0), num_samples=400, dimension=2)
+    result = slt.estimate_llc(problem.loss_fn, problem.params, problem.data,
+                              key=jax.random.key(1), sampler="rmsprop_sgld",
+                              num_chains=2, num_draws=200)
+    assert result.hyperparameters["adapt"] == "burnin"
+    assert result.hyperparameters["sampler"] == "rmsprop_sgld"

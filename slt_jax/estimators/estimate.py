@@ -535,6 +535,7 @@ def run_hyperparameters(setup: CalibratedSetup, chosen, retries, start, **extra)
     return {
         "sampler": chosen.name,
         **{k: float(v) for k, v in chosen.hyperparameters.items()},
+        **dict(chosen.static),  # e.g. SGHMC's splitting, RMSProp/Adam-SGLD's adapt
         **setup.lengths,
         **extra,
         "num_examples": setup.num_examples,
