@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     timings = {}
     for path in paths:
         notebook = nbformat.read(path, as_version=4)
+        _, notebook = nbformat.validator.normalize(notebook)  # cell ids (nbformat 4.5)
+        notebook = nbformat.from_dict(notebook)
         switched = real_size(notebook)
         start = time.perf_counter()
         nbclient.NotebookClient(
