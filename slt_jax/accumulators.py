@@ -830,6 +830,37 @@ def _closed_batch(sums, raw, correlation: bool):
             + (sums[3] + (count > 0).astype(count.dtype), sums[4] + count * count))
 
 
+def _continued_batch(state, old_open, delta_a, delta_b, weights, mask, size: int,
+                     correlation: bool):
+    """A block of at most ``size`` draws per chain: its draws before the chain's next batch
+    boundary continue the open batch, which then closes if full, and the rest (if any) open
+    the next one. Costs one ``(A, B)`` product of the block per chain, a second only in a block
+    that crosses a boundary (the sampler's usual blocks of ``size`` draws cross none).
+    Returns ``(sums, new open, open counts)``."""
+    rank = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
+    boundary = size - state.open_count  # rank of the block's first draw in the next batch
+    counts = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    before = jnp.where(rank < boundary[:, None], weights, 0)
+    after = weights - before
+
+    def chain(sums, inputs):
+        delta_a, delta_b, before, after, crossing, crossed, *opened = inputs
+        merged = tuple(o + x for o, x in zip(opened, _raw_batch(delta_a, delta_b, before,
+                                                                 correlation)))
+        closed = _closed_batch(sums, merged, correlation)
+        sums = tuple(jnp.where(crossed, x, y) for x, y in zip(closed, sums))
+        rest = jax.lax.cond(crossing, lambda: _raw_batch(delta_a, delta_b, after, correlation),
+                            lambda: tuple(jnp.zeros_like(x) for x in merged))
+        return sums, tuple(jnp.where(crossed, x, y) for x, y in zip(rest, merged))
+
+    initial = (state.vector_a, state.vector_b, state.matrix, state.num_batches,
+               state.sum_squared_weights)
+    total = state.open_count + counts
+    sums, new_open = jax.lax.scan(chain, initial, (delta_a, delta_b, before, after,
+                                                   counts > boundary, total >= size, *old_open))
+    return sums, new_open, total % size
+
+
 def close_batch_means(state: BatchMeansState) -> BatchMeansState:
     """``state`` with every chain's open (partial) batch closed, as at the end of the draws
     (the last batch of a chain may be shorter). Closing twice changes nothing."""
@@ -940,38 +971,46 @@ def batch_means(
         delta_b = jnp.where(mask3, values_b - reference_b[None, None, :], 0)
         carry = batch_size is not None
         size = int(batch_size) if carry else block_len
+        old_open = (state.open_weight, state.open_a, state.open_b, state.open_matrix)
+        if carry and block_len <= size:  # at most one batch boundary per chain in the block
+            sums, new_open, open_count = _continued_batch(
+                state, old_open, delta_a, delta_b, weights, mask, size, correlation)
+            return BatchMeansState(reference_a, reference_b, state.total + block_total,
+                                   sums[3], sums[4], sums[0], sums[1], sums[2], open_count,
+                                   *new_open)
         (batches_a, batches_b, batch_weights), total = _aligned_batches(
             (delta_a, delta_b, weights), mask, state.open_count, size, carry)
         num_slots = batch_weights.shape[1]
         closed_slots = total // size if carry else jnp.full_like(total, num_slots)
         chain_index = jnp.repeat(jnp.arange(num_chains), num_slots)
         slot_index = jnp.tile(jnp.arange(num_slots), num_chains)
-        old_open = (state.open_weight, state.open_a, state.open_b, state.open_matrix)
 
-        def fold(carried, inputs):
-            sums, new_open = carried
+        def fold(sums, inputs):
             batch_a, batch_b, batch_w, chain, slot = inputs
             raw = _raw_batch(batch_a, batch_b, batch_w, correlation)
             if carry:  # slot 0 continues the chain's open batch
                 continued = (slot == 0).astype(dtype)
                 raw = tuple(x + continued * o[chain] for x, o in zip(raw, old_open))
-            closed = slot < closed_slots[chain]
-            added = _closed_batch(sums, raw, correlation)
-            sums = tuple(jnp.where(closed, x, y) for x, y in zip(added, sums))
-            if carry:  # the chain's new open batch
-                is_open = slot == closed_slots[chain]
-                new_open = tuple(o.at[chain].set(jnp.where(is_open, x, o[chain]))
-                                 for o, x in zip(new_open, raw))
-            return (sums, new_open), None
+            closed = (slot < closed_slots[chain]).astype(dtype)
+            return _closed_batch(sums, tuple(closed * x for x in raw), correlation), None
 
         initial = (state.vector_a, state.vector_b, state.matrix, state.num_batches,
                    state.sum_squared_weights)
-        zero_open = tuple(jnp.zeros_like(o) for o in old_open)
         flat = lambda x: x.reshape(num_chains * num_slots, *x.shape[2:])  # noqa: E731
-        ((vector_a, vector_b, matrix, num_batches, squared), new_open), _ = jax.lax.scan(
-            fold, (initial, zero_open),
+        (vector_a, vector_b, matrix, num_batches, squared), _ = jax.lax.scan(
+            fold, initial,
             (flat(batches_a), flat(batches_b), flat(batch_weights), chain_index, slot_index),
         )
+        if carry:  # each chain's new open batch: slot total // size, plus the old one in slot 0
+            rows = jnp.arange(num_chains)
+            new_open = jax.vmap(partial(_raw_batch, correlation=correlation))(
+                batches_a[rows, closed_slots], batches_b[rows, closed_slots],
+                batch_weights[rows, closed_slots])
+            continued = (closed_slots == 0).astype(dtype)
+            new_open = tuple(x + continued.reshape((-1,) + (1,) * (x.ndim - 1)) * o
+                             for x, o in zip(new_open, old_open))
+        else:
+            new_open = old_open
         open_count = total % size if carry else jnp.zeros_like(total)
         return BatchMeansState(reference_a, reference_b, state.total + block_total, num_batches,
                                squared, vector_a, vector_b, matrix, open_count, *new_open)
@@ -1310,8 +1349,9 @@ class LinearTrendState(NamedTuple):
 
 def _trend_sums(count, start, sums):
     """``(num_batches, time (8,), Σ m τ u (A,), second (7, A))`` added by batches of weights
-    ``count`` (``(K,)``), starting after ``start`` weighted draws, with ``Σ w (x - r)`` ``sums``
-    (``(K, A)``)."""
+    ``count`` (``(C, K)``), starting after ``start`` weighted draws, with ``Σ w (x - r)``
+    ``sums`` (``(C, K, A)``)."""
+    count, start, sums = count.reshape(-1), start.reshape(-1), sums.reshape(-1, sums.shape[-1])
     time = (start + count / 2) / _TIME_UNIT
     mean = sums * _safe_divide(jnp.ones_like(count), count)[:, None]
     squared = count * count
@@ -1328,8 +1368,8 @@ def _trend_sums(count, start, sums):
 def close_linear_trend(state: LinearTrendState) -> LinearTrendState:
     """``state`` with every chain's open (partial) batch closed, as at the end of the draws.
     Closing twice changes nothing."""
-    batches, time, moment, second = _trend_sums(state.open_weight, state.open_start,
-                                                 state.open_sum)
+    batches, time, moment, second = _trend_sums(
+        state.open_weight[:, None], state.open_start[:, None], state.open_sum[:, None])
     return state._replace(
         num_batches=state.num_batches + batches, time=state.time + time,
         first=state.first.at[1].add(moment), second=state.second + second,
@@ -1342,8 +1382,9 @@ def linear_trend(stream: str, *, batch_size: int | None = None) -> Accumulator:
     r"""Streaming sums for the linear trend of each element's mean over a run.
 
     Batches are cut as in :func:`batch_means` (``batch_size`` draws per chain, continued across
-    blocks, so the block length does not matter; the whole block when ``None``); each batch has a time :math:`\tau_b` (its middle draw, counted per chain
-    from the first recorded draw: chains that start together share the time axis). The state
+    blocks, so the block length does not matter; the whole block when ``None``); each batch
+    has a time :math:`\tau_b` (its middle draw, counted per chain from the first recorded
+    draw: chains that start together share the time axis). The state
     (:class:`LinearTrendState`, ``O(A)``) holds the weighted sums from which
     :func:`slt_jax.diagnostics.shared_drift` fits :math:`u_b \approx \bar u + \beta (\tau_b
     - \bar\tau)` by weighted least squares and gets the slope's batch-means (cluster-robust)
@@ -1400,8 +1441,7 @@ def linear_trend(stream: str, *, batch_size: int | None = None) -> Accumulator:
         closed_slots = total // size if carry else jnp.full_like(total, num_slots)
         closed = slots < closed_slots[:, None]
         batches, time_sums, moment, second = _trend_sums(
-            jnp.where(closed, count, 0).reshape(-1), start.reshape(-1),
-            jnp.where(closed[:, :, None], sums, 0).reshape(-1, sums.shape[2]))
+            jnp.where(closed, count, 0), start, jnp.where(closed[:, :, None], sums, 0))
         linear = jnp.stack([jnp.sum(weights[:, :, None] * delta, (0, 1)), moment,
                             jnp.sum(weights[:, :, None] * delta**2, (0, 1))])
         if carry:

@@ -68,8 +68,9 @@ make the :math:`P_b` scatter), which the spread of per-chain estimates around a 
 does not. The products are centred on the global means for both ``center`` modes (with
 ``"chain"`` the bar also counts offsets between chains: conservative). The correlation's MCSE is
 the delta method, floored by its Gaussian-tailed value :math:`(1 - R^2)\,\mathrm{MCSE}(K)/
-\sqrt{(1 + R^2)K_{xx}K_{x'x'}}` (:math:`\approx (1 - R^2)/\sqrt{N_\mathrm{eff}}`); the diagonal of a normalized kernel has MCSE 0. The streaming form keeps
-a few sums over batches (:func:`slt_jax.accumulators.batch_means`; derivation in
+\sqrt{(1 + R^2)K_{xx}K_{x'x'}}` (:math:`\approx (1 - R^2)/\sqrt{N_\mathrm{eff}}`); the
+diagonal of a normalized kernel has MCSE 0. The streaming form keeps a few sums over batches
+(:func:`slt_jax.accumulators.batch_means`; derivation in
 :func:`slt_jax.accumulators.batch_means_mcse`) and equals the array form on the same draws.
 Drift that all chains share (they all start at :math:`w^*`) biases entries in a way reruns from
 :math:`w^*` repeat; :func:`slt_jax.diagnostics.shared_drift` detects it and warns when it
