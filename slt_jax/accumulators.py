@@ -898,6 +898,74 @@ def _batch_sums(count, u, v, product, f, g, correlation: bool):
     return jnp.stack(rows_a), jnp.stack(rows_b), jnp.stack(rows)
 
 
+def _batch_means_init(shapes: Mapping[str, jax.ShapeDtypeStruct], stream_a: str, stream_b: str,
+                      batch_size: int | None, correlation: bool) -> BatchMeansState:
+    """The empty :class:`BatchMeansState` of :func:`batch_means` for these stream shapes."""
+    shape_a, dtype_a = _stream_shape(shapes, stream_a)
+    shape_b, dtype_b = _stream_shape(shapes, stream_b)
+    if shape_a[0] != shape_b[0]:
+        raise ValueError(f"streams have different numbers of chains: {shape_a}, {shape_b}")
+    dtype = jnp.promote_types(dtype_a, dtype_b)
+    size_a, size_b = math.prod(shape_a[1:]), math.prod(shape_b[1:])
+    rows = (7, 7, 10) if correlation else (3, 3, 5)
+    open_rows = 2 if correlation else 1
+    zero = jnp.zeros((), dtype)
+    chains = shape_a[0] if batch_size is not None else 0  # None: no open batches
+    return BatchMeansState(
+        jnp.zeros((size_a,), dtype), jnp.zeros((size_b,), dtype), zero, zero, zero,
+        jnp.zeros((rows[0], size_a), dtype), jnp.zeros((rows[1], size_b), dtype),
+        jnp.zeros((rows[2], size_a, size_b), dtype), jnp.zeros(shape_a[:1], jnp.int32),
+        jnp.zeros((chains,), dtype), jnp.zeros((chains, open_rows, size_a), dtype),
+        jnp.zeros((chains, open_rows, size_b), dtype),
+        jnp.zeros((chains, size_a, size_b), dtype),
+    )
+
+
+def _scanned_batches(state, old_open, delta_a, delta_b, weights, mask, size, carry, correlation,
+                     reference_a, reference_b, block_total) -> BatchMeansState:
+    """:func:`batch_means`' update for a block that may close several batches per chain: the
+    block's draws are cut into batch slots (slot 0 continues each chain's open batch) and the
+    closed ones are folded into the sums; the last, partial slot becomes the open batch."""
+    dtype = state.total.dtype
+    num_chains = mask.shape[0]
+    (batches_a, batches_b, batch_weights), total = _aligned_batches(
+        (delta_a, delta_b, weights), mask, state.open_count, size, carry)
+    num_slots = batch_weights.shape[1]
+    closed_slots = total // size if carry else jnp.full_like(total, num_slots)
+    chain_index = jnp.repeat(jnp.arange(num_chains), num_slots)
+    slot_index = jnp.tile(jnp.arange(num_slots), num_chains)
+
+    def fold(sums, inputs):
+        batch_a, batch_b, batch_w, chain, slot = inputs
+        raw = _raw_batch(batch_a, batch_b, batch_w, correlation)
+        if carry:  # slot 0 continues the chain's open batch
+            continued = (slot == 0).astype(dtype)
+            raw = tuple(x + continued * o[chain] for x, o in zip(raw, old_open))
+        closed = (slot < closed_slots[chain]).astype(dtype)
+        return _closed_batch(sums, tuple(closed * x for x in raw), correlation), None
+
+    initial = (state.vector_a, state.vector_b, state.matrix, state.num_batches,
+               state.sum_squared_weights)
+    flat = lambda x: x.reshape(num_chains * num_slots, *x.shape[2:])  # noqa: E731
+    (vector_a, vector_b, matrix, num_batches, squared), _ = jax.lax.scan(
+        fold, initial,
+        (flat(batches_a), flat(batches_b), flat(batch_weights), chain_index, slot_index),
+    )
+    if carry:  # each chain's new open batch: slot total // size, plus the old one in slot 0
+        rows = jnp.arange(num_chains)
+        new_open = jax.vmap(partial(_raw_batch, correlation=correlation))(
+            batches_a[rows, closed_slots], batches_b[rows, closed_slots],
+            batch_weights[rows, closed_slots])
+        continued = (closed_slots == 0).astype(dtype)
+        new_open = tuple(x + continued.reshape((-1,) + (1,) * (x.ndim - 1)) * o
+                         for x, o in zip(new_open, old_open))
+    else:
+        new_open = old_open
+    open_count = total % size if carry else jnp.zeros_like(total)
+    return BatchMeansState(reference_a, reference_b, state.total + block_total, num_batches,
+                           squared, vector_a, vector_b, matrix, open_count, *new_open)
+
+
 def batch_means(
     stream_a: str, stream_b: str, *, batch_size: int | None = None, correlation: bool = False
 ) -> Accumulator:
@@ -924,25 +992,8 @@ def batch_means(
     if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
 
-    def init(shapes: Mapping[str, jax.ShapeDtypeStruct]) -> BatchMeansState:
-        shape_a, dtype_a = _stream_shape(shapes, stream_a)
-        shape_b, dtype_b = _stream_shape(shapes, stream_b)
-        if shape_a[0] != shape_b[0]:
-            raise ValueError(f"streams have different numbers of chains: {shape_a}, {shape_b}")
-        dtype = jnp.promote_types(dtype_a, dtype_b)
-        size_a, size_b = math.prod(shape_a[1:]), math.prod(shape_b[1:])
-        rows = (7, 7, 10) if correlation else (3, 3, 5)
-        open_rows = 2 if correlation else 1
-        zero = jnp.zeros((), dtype)
-        chains = shape_a[0] if batch_size is not None else 0  # None: no open batches
-        return BatchMeansState(
-            jnp.zeros((size_a,), dtype), jnp.zeros((size_b,), dtype), zero, zero, zero,
-            jnp.zeros((rows[0], size_a), dtype), jnp.zeros((rows[1], size_b), dtype),
-            jnp.zeros((rows[2], size_a, size_b), dtype), jnp.zeros(shape_a[:1], jnp.int32),
-            jnp.zeros((chains,), dtype), jnp.zeros((chains, open_rows, size_a), dtype),
-            jnp.zeros((chains, open_rows, size_b), dtype),
-            jnp.zeros((chains, size_a, size_b), dtype),
-        )
+    init = partial(_batch_means_init, stream_a=stream_a, stream_b=stream_b,
+                   batch_size=batch_size, correlation=correlation)
 
     def update(state: BatchMeansState, block, weights) -> BatchMeansState:
         block_len = jnp.shape(weights)[1]
@@ -978,42 +1029,8 @@ def batch_means(
             return BatchMeansState(reference_a, reference_b, state.total + block_total,
                                    sums[3], sums[4], sums[0], sums[1], sums[2], open_count,
                                    *new_open)
-        (batches_a, batches_b, batch_weights), total = _aligned_batches(
-            (delta_a, delta_b, weights), mask, state.open_count, size, carry)
-        num_slots = batch_weights.shape[1]
-        closed_slots = total // size if carry else jnp.full_like(total, num_slots)
-        chain_index = jnp.repeat(jnp.arange(num_chains), num_slots)
-        slot_index = jnp.tile(jnp.arange(num_slots), num_chains)
-
-        def fold(sums, inputs):
-            batch_a, batch_b, batch_w, chain, slot = inputs
-            raw = _raw_batch(batch_a, batch_b, batch_w, correlation)
-            if carry:  # slot 0 continues the chain's open batch
-                continued = (slot == 0).astype(dtype)
-                raw = tuple(x + continued * o[chain] for x, o in zip(raw, old_open))
-            closed = (slot < closed_slots[chain]).astype(dtype)
-            return _closed_batch(sums, tuple(closed * x for x in raw), correlation), None
-
-        initial = (state.vector_a, state.vector_b, state.matrix, state.num_batches,
-                   state.sum_squared_weights)
-        flat = lambda x: x.reshape(num_chains * num_slots, *x.shape[2:])  # noqa: E731
-        (vector_a, vector_b, matrix, num_batches, squared), _ = jax.lax.scan(
-            fold, initial,
-            (flat(batches_a), flat(batches_b), flat(batch_weights), chain_index, slot_index),
-        )
-        if carry:  # each chain's new open batch: slot total // size, plus the old one in slot 0
-            rows = jnp.arange(num_chains)
-            new_open = jax.vmap(partial(_raw_batch, correlation=correlation))(
-                batches_a[rows, closed_slots], batches_b[rows, closed_slots],
-                batch_weights[rows, closed_slots])
-            continued = (closed_slots == 0).astype(dtype)
-            new_open = tuple(x + continued.reshape((-1,) + (1,) * (x.ndim - 1)) * o
-                             for x, o in zip(new_open, old_open))
-        else:
-            new_open = old_open
-        open_count = total % size if carry else jnp.zeros_like(total)
-        return BatchMeansState(reference_a, reference_b, state.total + block_total, num_batches,
-                               squared, vector_a, vector_b, matrix, open_count, *new_open)
+        return _scanned_batches(state, old_open, delta_a, delta_b, weights, mask, size, carry,
+                                correlation, reference_a, reference_b, block_total)
 
     return Accumulator(tuple(dict.fromkeys((stream_a, stream_b))), init, update,
                        close_batch_means)
