@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax._frozen import Frozen
 from slt_jax._structural import StructuralKey
 
 PyTree = Any
@@ -55,31 +56,6 @@ __all__ = ["Adapted", "Frozen", "as_params", "from_equinox", "from_linen", "from
 
 _CACHE_SIZE = 128
 _LOSS_FUNCTIONS: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
-
-
-class Frozen:
-    """A parameter leaf that is carried as data but never sampled (e.g. BatchNorm statistics).
-
-    A pytree node with one child, ``value`` (its key path ends in ``.value``, which
-    :mod:`slt_jax.masks` drops from paths). :func:`slt_jax.masks.trainable` gives the mask that
-    freezes every ``Frozen`` leaf; :func:`slt_jax.estimate_llc` applies it by itself.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __repr__(self):
-        return f"Frozen({self.value!r})"
-
-
-jax.tree_util.register_pytree_with_keys(
-    Frozen,
-    lambda node: (((jax.tree_util.GetAttrKey("value"), node.value),), None),
-    lambda _, children: Frozen(children[0]),
-    lambda node: ((node.value,), None),
-)
 
 
 class Adapted:

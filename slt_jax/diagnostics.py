@@ -216,7 +216,7 @@ DRIFT_WARNING_FRACTION = 0.01
 
 def _trend_statistics(state):
     """``(d, z, ess)`` per element from a :class:`slt_jax.accumulators.LinearTrendState`."""
-    from slt_jax import accumulators  # jax-based: imported on first use
+    import slt_jax.accumulators as accumulators  # jax-based: imported on first use
 
     state = accumulators.close_linear_trend(state)  # a raw streaming state's open batches
     time = np.asarray(state.time, np.float64)
@@ -337,7 +337,7 @@ def shared_drift(losses, other=None, *, batch_size=None, warn: bool = True,
 
 
 def _trend_state(losses, batch_size):
-    from slt_jax import accumulators  # jax-based: imported on first use
+    import slt_jax.accumulators as accumulators  # jax-based: imported on first use
 
     if isinstance(losses, accumulators.LinearTrendState):
         return losses

@@ -53,6 +53,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from slt_jax._frozen import Frozen
+
 PyTree = Any
 Selector = Any  # str | re.Pattern | Callable[[str, Any], bool] | Sequence[Selector]
 
@@ -391,8 +393,6 @@ def trainable(params: PyTree, mask: PyTree | None = None) -> PyTree | None:
     them (``slt.estimate_llc`` applies it by itself). Returns ``mask`` unchanged (``None``:
     sample everything) when ``params`` has no ``Frozen`` leaf.
     """
-    from slt_jax.adapters import Frozen
-
     is_frozen = lambda x: isinstance(x, Frozen)  # noqa: E731
     flags = [is_frozen(node) for node in jax.tree.leaves(params, is_leaf=is_frozen)]
     if not any(flags):
