@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import jax
@@ -224,7 +225,9 @@ class TqdmProgress:
         self.bar = None
 
     def start(self, total_steps, description):
-        from tqdm.auto import tqdm
+        with warnings.catch_warnings():  # Jupyter without ipywidgets: tqdm falls back to text
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            from tqdm.auto import tqdm
 
         self.description = description
         self.bar = tqdm(total=total_steps, desc=description, unit="step", **self.tqdm_options)
