@@ -859,19 +859,16 @@ def _checked_bif_options(train_data, query_data, regularization, relative_mcse_t
     return regularization, target, max_draws, num_draws, num_examples(train_data)
 
 
-def _batch_choice(batch_size, n: int):
-    """``(batch size to calibrate and sample with, why)``. ``"auto"`` is ``min(n, 500)`` in
-    ``estimate_llc``; but a batch of ``n`` drawn with replacement is not the full batch: its
-    gradient noise heats the posterior while the calibration takes it for noiseless."""
+def _batch_reason(batch_size, n: int) -> str:
+    """Why the run has its batch size (``estimate_llc``'s shared default, which
+    :func:`slt_jax.estimators.estimate._calibrated_setup` applies)."""
     if batch_size == "auto" and n <= DEFAULT_BATCH_SIZE:
-        return None, (
-            f"full batch: n = {n} ≤ {DEFAULT_BATCH_SIZE}, and a minibatch of n drawn with "
-            "replacement is not the full batch (its gradient noise heated the posterior: ridge "
-            "n = 100 LDS 0.81 instead of 0.88)")
+        return (f"full batch: n = {n} ≤ {DEFAULT_BATCH_SIZE}, and a minibatch of n drawn with "
+                "replacement is not the full batch (its gradient noise heated the posterior: "
+                "ridge n = 100 LDS 0.81 instead of 0.88)")
     if batch_size == "auto":
-        return batch_size, (f"min(n, {DEFAULT_BATCH_SIZE}) (estimate_llc's), checked where the "
-                            "chains ended")
-    return batch_size, "given"
+        return f"{DEFAULT_BATCH_SIZE} (estimate_llc's), checked where the chains ended"
+    return "given"
 
 
 def _default_beta(beta, setup, loss_fn, params, train_data):
@@ -1097,13 +1094,13 @@ def estimate_bif(
         loss_fn, train_data, query_data, regularization)
     adaptive = num_draws is None
     first_draws = min(INITIAL_DRAWS, max_draws) if adaptive else num_draws
-    sampled_batch, batch_reason = _batch_choice(batch_size, n)
+    batch_reason = _batch_reason(batch_size, n)
     setup = _calibrated_setup(
         sampled_loss, params, sampled_data, key=key, sampler=sampler,
         nbeta=nbeta if ready or nbeta is not None else float(n), localization=localization,
         step_size=step_size, sampler_options=sampler_options, safety_factor=safety_factor,
         num_chains=num_chains, num_draws=first_draws, num_burnin=num_burnin,
-        batch_size=sampled_batch, init_loss=None, progress=progress, mask=mask,
+        batch_size=batch_size, init_loss=None, progress=progress, mask=mask,
     )
     beta, beta_reason = _default_beta(beta, setup, loss_fn, params, train_data)
     accumulator, finalize, mcse_method = _bif_with_error_bars(beta, bool(normalize), center)
