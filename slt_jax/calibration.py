@@ -62,6 +62,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_jax._chunking import map_chunks
+from slt_jax._structural import StructuralKey
 from slt_jax.samplers import SAMPLER_FAMILIES, SamplerFamily, mask_as_floats
 from slt_jax.sampling import check_loss_fn, check_params, evaluate_loss, num_examples, sample
 from slt_jax.sampling import _progress_meter
@@ -170,6 +171,22 @@ def _flat_mean_gradient(loss_fn, unravel, data, chunk_size):
     return gradient
 
 
+def _split(key, num: int) -> list:
+    """``jax.random.split(key, num)`` as ``num`` keys, made by ``fold_in(key, i)``: with JAX's
+    default (partitionable) threefry these are the same keys, and every count shares one
+    compiled program (an eager ``split`` compiles one per count, and unpacking it another)."""
+    if jax.config.jax_threefry_partitionable:
+        return [jax.random.fold_in(key, i) for i in range(num)]
+    return list(jax.random.split(key, num))
+
+
+def _function(loss_fn):
+    """The loss function a program's static ``loss_fn`` stands for: a
+    :class:`~slt_jax._structural.StructuralKey` (programs shared by every closure with the same
+    code and values) or the function itself (compared by identity)."""
+    return loss_fn.value if isinstance(loss_fn, StructuralKey) else loss_fn
+
+
 def _gather(data, indices):
     """The examples ``indices`` of ``data`` (all of it for ``None``), inside a jitted program."""
     if indices is None:
@@ -180,6 +197,7 @@ def _gather(data, indices):
 def _power_iteration(params, data, key, flat_mask=None, *, loss_fn, num_iterations, chunk_size):
     """Power iteration on the Hessian restricted to the sampled coordinates: with a mask
     :math:`M` (0/1, flat) it iterates :math:`M H M`, the curvature the masked sampler sees."""
+    loss_fn = _function(loss_fn)
     flat, unravel = ravel_pytree(params)
     gradient = _flat_mean_gradient(loss_fn, unravel, data, chunk_size)
     restrict = (lambda v: v) if flat_mask is None else (lambda v: flat_mask * v)
@@ -233,7 +251,7 @@ def top_hessian_eigenvalue(
     eigenvalues = _top_eigenvalues_at(
         jax.tree.map(lambda x: jnp.asarray(x)[None], params), data, indices, vector_key,
         _sampled_coordinates(params, mask)[1],
-        loss_fn=loss_fn, num_iterations=num_iterations, chunk_size=chunk_size,
+        loss_fn=StructuralKey(loss_fn), num_iterations=num_iterations, chunk_size=chunk_size,
     )
     return float(np.asarray(eigenvalues)[0])
 
@@ -454,6 +472,7 @@ class _Problem(NamedTuple):
     progress: Any = False  # sample()'s progress argument: True, False or a ProgressMeter
     mask: Any = None  # the sampled coordinates (pilots' sampler mask), None: all
     flat_mask: Any = None  # the same as a flat 0/1 array for the Hessian (None: all)
+    batch_chunk: int | None = None  # the pilots' sample(batch_chunk=): the batch is data
 
 
 class _Search(NamedTuple):
@@ -495,11 +514,17 @@ def _pilot_sampler(problem: _Problem, step_size: float, options: dict):
     )
 
 
-def _curvature_at_center(problem: _Problem, key) -> float:
+def _curvature_at_center(problem: _Problem, key, options=None) -> float:
     """λ_max(H) at w*, from ``num_chains`` random starts (the pilots' program shape)."""
-    centers = jax.tree.map(
-        lambda x: jnp.broadcast_to(x, (problem.num_chains,) + jnp.shape(x)), problem.params
-    )
+    from slt_jax.sampling import _start_chains
+
+    # w* broadcast over chains by the program that starts the pilots' chains (w* and a pilot
+    # sampler's state, and the chains' keys): no program of its own
+    sampler_state = _pilot_sampler(
+        problem, 1.0, {**problem.family.calibration_defaults, **(options or {})}
+    ).init(problem.params)
+    (centers, _), _ = _start_chains((problem.params, sampler_state), key,
+                                    num_chains=problem.num_chains)
     return _max_eigenvalue(problem, centers, key)
 
 
@@ -507,7 +532,7 @@ def _max_eigenvalue(problem: _Problem, chain_params, key) -> float:
     with _shown(problem.progress, "calibrating: top Hessian eigenvalue"):
         eigenvalues = _top_eigenvalues_at(
             chain_params, problem.data, problem.subset, key, problem.flat_mask,
-            loss_fn=problem.loss_fn,
+            loss_fn=StructuralKey(problem.loss_fn),
             num_iterations=problem.num_iterations, chunk_size=problem.chunk_size,
         )
         return float(np.max(np.asarray(eigenvalues)))
@@ -521,6 +546,7 @@ def _run_pilot(problem: _Problem, search: _Search, key, pilot_steps: int):
         _pilot_sampler(problem, search.step_size, search.options), key=key,
         num_chains=problem.num_chains, num_draws=pilot_draws,
         num_burnin=pilot_steps - pilot_draws, batch_size=problem.batch_size,
+        batch_chunk=problem.batch_chunk,
         progress=_labelled(problem.progress, f"calibrating (pilot {len(search.rounds)})"),
     )
 
@@ -596,7 +622,7 @@ def _measure_preconditioned_pilot_end(problem, search, trace, key, pilot_steps) 
     with _shown(problem.progress, "calibrating: preconditioned Hessian eigenvalue"):
         eigenvalues = np.asarray(_top_scaled_eigenvalues_at(
             trace.final_params, problem.data, problem.subset, key, roots,
-            loss_fn=problem.loss_fn, num_iterations=problem.num_iterations,
+            loss_fn=StructuralKey(problem.loss_fn), num_iterations=problem.num_iterations,
             chunk_size=problem.chunk_size,
         ))
     curvature = float(np.max(
@@ -653,7 +679,7 @@ def _pilot_rounds(problem, search, key, pilot_steps, max_pilot_rounds, max_pilot
     it stops growing by more than 25%. A diverged pilot halves the step (not a round)."""
     measured_rounds = halvings = 0
     while pilot_steps > 0 and measured_rounds < max_pilot_rounds:
-        key, round_key = jax.random.split(key)
+        key, round_key = _split(key, 2)
         trace = _run_pilot(problem, search, round_key, pilot_steps)
         if np.any(np.asarray(trace.diverged)):
             halvings += 1
@@ -726,6 +752,12 @@ def _tune_friction(problem, search, bias, heating_at, pilot_llc, tolerance):
     return search, heating_at(step, options) / pilot_llc
 
 
+def _whole_chunks(batch_size: int, chunk: int | None) -> int:
+    """A raised batch rounded up to whole chunks (``sample(batch_chunk=)``: the same program,
+    and the padding of a last chunk costs as much as examples)."""
+    return batch_size if not chunk else chunk * -(-batch_size // chunk)
+
+
 def _gradient_noise_control(problem, search, key, tune_friction, tolerance, noise_examples,
                             init_loss, max_batch_size=None):
     """Measure tr V where the pilots ended and keep the predicted LLC bias ≤ ``tolerance``:
@@ -769,7 +801,7 @@ def _gradient_noise_control(problem, search, key, tune_friction, tolerance, nois
         # data or more, the full batch (at most 2x more per step, no heating at all, so the
         # friction returns to its default and soft directions mix faster)
         n = num_examples(problem.data)
-        raised = int(np.ceil(batch_size * bias / tolerance))
+        raised = _whole_chunks(int(np.ceil(batch_size * bias / tolerance)), problem.batch_chunk)
         if 2 * raised >= n and max_batch_size >= n:
             raised = n
         raised = int(min(max_batch_size, raised))
@@ -838,6 +870,7 @@ def calibrate_step_size(
     progress: bool | Any = False,
     mask: PyTree | None = None,
     max_batch_size: int | None = None,
+    batch_chunk: int | None = None,
 ) -> Calibration:
     r"""Choose a step size from the curvature :math:`\lambda_{max}(n\beta H + \gamma I)`.
 
@@ -900,6 +933,9 @@ def calibrate_step_size(
         (``Calibration.batch_size`` says which batch the step is for; ``None``: keep
         ``batch_size``). A step cut by ``c`` costs ``c`` times the steps to mix as far; a batch
         ``c`` times larger costs at most ``c`` times per step and needs no heating model.
+      batch_chunk: run the pilots with ``sample(batch_chunk=...)`` (the batch size is data of
+        their program, so a run at a raised batch reuses it); a raised batch is rounded up to
+        whole chunks. ``None``: the pilots' program is that of ``batch_size``.
 
     Returns:
       a :class:`Calibration`: ``step_size``, ``options`` (e.g. the friction), the rounds and
@@ -909,21 +945,21 @@ def calibrate_step_size(
     if splitting is not None and family.name != "sghmc":
         raise ValueError(f"splitting is an option of sghmc only, not of {family.name!r}")
     check_params(params)
-    subset_key, vector_key, pilot_key = jax.random.split(key, 3)
+    subset_key, vector_key, pilot_key = _split(key, 3)
     subset = _subset_indices(num_examples(data), subset_key, max_examples)
     chunk_size = min(1024, num_examples(data), max_examples)
     check_loss_fn(loss_fn, params, data, chunk_size)
     mask, flat_mask = _sampled_coordinates(params, mask)
     problem = _Problem(loss_fn, params, data, subset, chunk_size, family, nbeta, localization,
                        safety_factor, num_chains, batch_size, num_iterations, progress, mask,
-                       flat_mask)
+                       flat_mask, batch_chunk if batch_size is not None else None)
     options = {**family.calibration_defaults, "stability": stability}
     if friction is not None:
         options["friction"] = float(friction)
     options.setdefault("friction", DEFAULT_FRICTION)
     if splitting is not None:
         options["splitting"] = splitting
-    eigenvalue = _curvature_at_center(problem, vector_key)
+    eigenvalue = _curvature_at_center(problem, vector_key, options)
     step, curvature = _step_for(problem, eigenvalue, options)
     search = _Search(eigenvalue, step, curvature, options, [
         dict(round=0, where="w*", max_hessian_eigenvalue=eigenvalue, step_size=step)
@@ -951,21 +987,33 @@ def calibrate_step_size(
 
 
 def _endpoint_gradient_variance(loss_fn, endpoints, data, examples, key, max_examples,
-                                flat_mask=None) -> float:
+                                flat_mask=None, chain_weights=None) -> float:
     """``tr V`` averaged over chain ``endpoints``, on at most ``max_examples`` of ``examples``
     (indices into ``data``) drawn with ``key``: the measurement behind the gradient-noise bias
-    (the calibration's pilots, and ``estimate_llc``'s check where its chains ended)."""
+    (the calibration's pilots, and ``estimate_llc``'s check where its chains ended).
+    ``chain_weights`` (0/1 per chain, default all 1) leaves chains out as data, so every
+    selection of chains runs the same program."""
     picked = _subset_indices(examples.size, key, max_examples)
     indices = examples if picked is None else examples[picked]
+    chains = jax.tree.leaves(endpoints)[0].shape[0]
+    weights = (np.ones(chains, np.float32) if chain_weights is None
+               else np.asarray(chain_weights, np.float32))
     return float(_mean_gradient_variance(
-        endpoints, data, indices, flat_mask, loss_fn=loss_fn, chunk_size=min(32, indices.size),
+        endpoints, data, indices, flat_mask, weights, loss_fn=StructuralKey(loss_fn),
+        chunk_size=min(32, indices.size),
     ))
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
-def _mean_gradient_variance(chain_params, data, indices, flat_mask=None, *, loss_fn, chunk_size):
-    """``tr V`` (:func:`_gradient_variance`) averaged over a batch of chain positions, on the
-    examples ``indices`` of ``data``."""
+def _mean_gradient_variance(chain_params, data, indices, flat_mask=None, chain_weights=None, *,
+                            loss_fn, chunk_size):
+    """``tr V`` (:func:`_gradient_variance`) averaged over a batch of chain positions (weighted
+    by ``chain_weights``, default equal), on the examples ``indices`` of ``data``."""
+    loss_fn = _function(loss_fn)
     data = _gather(data, indices)
     variance = functools.partial(_gradient_variance, loss_fn=loss_fn, chunk_size=chunk_size)
-    return jnp.mean(jax.lax.map(lambda p: variance(p, data, flat_mask), chain_params))
+    variances = jax.lax.map(lambda p: variance(p, data, flat_mask), chain_params)
+    if chain_weights is None:
+        return jnp.mean(variances)
+    weights = chain_weights.astype(variances.dtype)
+    return jnp.sum(weights * variances) / jnp.sum(weights)

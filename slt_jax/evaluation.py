@@ -60,7 +60,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
 from jax.flatten_util import ravel_pytree
 
 from slt_jax._checks import check_int, check_key, check_loss_fn, check_params, num_examples
@@ -117,6 +116,8 @@ def _checked_lds_inputs(scores, subsets, actual) -> tuple[np.ndarray, np.ndarray
 def _spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman's rho of each column pair: Pearson's r of the average ranks (ties share the
     mean of their ranks); ``nan`` where a column is constant."""
+    import scipy.stats  # imported when used: it costs a third of `import slt_jax` otherwise
+
     ranks_a = scipy.stats.rankdata(a, method="average", axis=0)
     ranks_b = scipy.stats.rankdata(b, method="average", axis=0)
     ranks_a = ranks_a - ranks_a.mean(axis=0, keepdims=True)

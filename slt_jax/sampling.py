@@ -173,6 +173,11 @@ class SampleOptions(NamedTuple):
     mesh: Any = None
     chain_axis: str | None = "chains"
     data_axis: str | None = None
+    #: examples gathered at once: a step's minibatch of ``batch_size`` examples (all ``n``
+    #: for ``batch_size=None``) is evaluated in ``ceil(batch_size / batch_chunk)`` chunks whose
+    #: gradients are summed, so the batch size is data of the program (``None``: one gather of
+    #: ``batch_size`` examples, the batch size is part of the program)
+    batch_chunk: int | None = None
 
     def validated(self, num_samples: int) -> "SampleOptions":
         """A copy with every count checked (``ValueError``/``TypeError`` saying what is expected)."""
@@ -192,11 +197,13 @@ class SampleOptions(NamedTuple):
                     f"batch_size must be at most the number of examples n={num_samples}, got "
                     f"{self.batch_size} (use batch_size=None for full-batch gradients)"
                 )
+        if self.batch_chunk is not None:
+            counts["batch_chunk"] = min(check_int("batch_chunk", self.batch_chunk, 1), num_samples)
         options = self._replace(**counts)
         if options.mesh is None:
             return options._replace(chain_axis=None, data_axis=None)
         check_mesh(options.mesh, options.chain_axis, options.data_axis, options.num_chains,
-                   options.batch_size or num_samples)
+                   options.batch_chunk or options.batch_size or num_samples)
         return options._replace(mesh=auto_mesh(options.mesh))
 
 
@@ -286,6 +293,11 @@ class _Program(NamedTuple):
     mesh: Any = None
     chain_axis: str | None = None
     data_axis: str | None = None
+    #: ``batch_size`` is the chunk gathered at once and the step's batch is data (``_Controls``)
+    chunked: bool = False
+    #: evaluate each recorded draw's minibatch at w* too (only where a stream reads
+    #: ``"center_loss"``: stored, or read by an accumulator)
+    pair: bool = True
 
 
 class _Controls(NamedTuple):
@@ -294,6 +306,11 @@ class _Controls(NamedTuple):
     num_valid: jax.Array  # draws of this block that run (the rest of the scan is skipped)
     steps_per_draw: jax.Array
     record: jax.Array  # False during burn-in: nothing is observed or accumulated
+    # chunked programs only: examples per step (n for the full batch), chunks per step, and
+    # whether the chunks walk through the data in order (full batch) instead of drawing
+    examples: jax.Array = np.int32(1)
+    num_chunks: jax.Array = np.int32(1)
+    full_batch: jax.Array = np.bool_(False)
 
 
 def _constrain(tree, program: _Program, *axes):
@@ -304,20 +321,23 @@ def _constrain(tree, program: _Program, *axes):
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
-def _make_step(program: _Program, data, chain_keys, center):
+def _make_step(program: _Program, data, chain_keys, center, controls=None):
     """One step of every chain:
     ``(ChainState, at_center) -> (ChainState, losses (num_chains,), center losses (num_chains,))``.
 
     The minibatch gather runs over all chains at once, producing a ``(chains, b, ...)`` batch
     that can be sharded over chains and, for data parallelism, over its example axis. When
-    ``at_center`` (a traced bool) is true the same minibatch is also evaluated at the center
-    :math:`w^*` (one extra forward pass), for the paired LLC estimator
-    :math:`n\beta(L_B(w_t) - L_B(w^*))`; otherwise the center losses are zeros.
+    ``at_center`` (a traced bool) is true and the program pairs (``program.pair``) the same
+    minibatch is also evaluated at the center :math:`w^*` (one extra forward pass), for the
+    paired LLC estimator :math:`n\\beta(L_B(w_t) - L_B(w^*))`; otherwise the center losses
+    are zeros. A chunked program (``program.chunked``) takes the batch from ``controls``
+    (:func:`_chunked_gradients`).
     """
     loss_fn, update = program.loss_fn.value, program.update.value
     mean_loss = lambda params, batch: jnp.mean(loss_fn(params, batch))  # noqa: E731
     value_and_grad = jax.value_and_grad(mean_loss)
     float_type = jnp.result_type(float)
+    zeros = lambda *_: jnp.zeros(chain_keys.shape[:1], float_type)  # noqa: E731
 
     def center_losses(at_center, batch, batched):
         def evaluate(batch):
@@ -325,7 +345,8 @@ def _make_step(program: _Program, data, chain_keys, center):
                 return jax.vmap(mean_loss, in_axes=(None, 0))(center, batch).astype(float_type)
             return jnp.full(chain_keys.shape[:1], mean_loss(center, batch), float_type)
 
-        zeros = lambda batch: jnp.zeros(chain_keys.shape[:1], float_type)  # noqa: E731
+        if not program.pair:
+            return zeros()
         return jax.lax.cond(at_center, evaluate, zeros, batch)
 
     def minibatch(step_keys):
@@ -336,17 +357,22 @@ def _make_step(program: _Program, data, chain_keys, center):
         batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
         return _constrain(batch, program, program.chain_axis, program.data_axis)
 
+    def losses_and_gradients(state, step_keys, at_center):
+        if program.chunked:
+            return _chunked_gradients(program, data, center, controls, state.params, step_keys,
+                                      at_center)
+        if program.batch_size is None:
+            loss, grads = jax.vmap(value_and_grad, in_axes=(0, None))(state.params, data)
+            return loss, grads, center_losses(at_center, data, False)
+        batch = minibatch(step_keys)
+        loss, grads = jax.vmap(value_and_grad)(state.params, batch)
+        return loss, grads, center_losses(at_center, batch, True)
+
     def step_all_chains(state: ChainState, at_center):
         keys = jax.vmap(lambda key: jax.random.split(jax.random.fold_in(key, state.step)))(
             chain_keys
         )
-        if program.batch_size is None:
-            loss, grads = jax.vmap(value_and_grad, in_axes=(0, None))(state.params, data)
-            at_w_star = center_losses(at_center, data, False)
-        else:
-            batch = minibatch(keys[:, 0])
-            loss, grads = jax.vmap(value_and_grad)(state.params, batch)
-            at_w_star = center_losses(at_center, batch, True)
+        loss, grads, at_w_star = losses_and_gradients(state, keys[:, 0], at_center)
         updates, sampler_state = jax.vmap(
             lambda g, s, p, k: update(g, s, p, key=k)
         )(grads, state.sampler_state, state.params, keys[:, 1])
@@ -357,9 +383,67 @@ def _make_step(program: _Program, data, chain_keys, center):
             program.chain_axis,
         )
         new_state = ChainState(params, sampler_state, state.step + 1, first)
-        return new_state, loss.astype(float_type), at_w_star
+        return new_state, loss.astype(float_type), at_w_star.astype(float_type)
 
     return step_all_chains
+
+
+def _chunked_gradients(program, data, center, controls, params, step_keys, at_center):
+    r"""The minibatch mean loss and its gradient for every chain, with the batch as *data*.
+
+    A step's batch of :math:`b` = ``controls.examples`` examples is gathered in
+    ``controls.num_chunks`` chunks of ``c = program.batch_size`` examples: chunk :math:`k`
+    draws its indices uniformly with replacement from ``fold_in(step key, k)`` (chunk 0 from
+    the step key itself, as an unchunked program does), or, for the full batch, walks through
+    the data in order. Positions :math:`kc + i \ge b` are masked out, so the loss is
+    :math:`\frac1b\sum_{i<b}\ell_i` exactly and its gradient is the sum of the chunks'
+    gradients. A larger batch, or the full batch, then runs in the same compiled program
+    (the cost per step is :math:`\lceil b/c\rceil c` examples).
+    """
+    loss_fn, chunk = program.loss_fn.value, program.batch_size
+    float_type = jnp.result_type(float)
+    count = controls.examples
+
+    def weighted_mean(p, batch, valid):
+        losses = loss_fn(p, batch)
+        per_example = jnp.mean(losses.reshape(losses.shape[0], -1), axis=1)
+        total = jnp.sum(jnp.where(valid, per_example, jnp.zeros_like(per_example)))
+        return total / count.astype(per_example.dtype)
+
+    value_and_grad = jax.vmap(jax.value_and_grad(weighted_mean), in_axes=(0, 0, None))
+
+    def one_chunk(index, keys):
+        positions = index * chunk + jnp.arange(chunk)
+        valid = positions < count
+        drawn = jax.vmap(
+            lambda key: jax.random.randint(key, (chunk,), 0, program.num_samples)
+        )(keys)
+        in_order = jnp.broadcast_to(jnp.minimum(positions, program.num_samples - 1), drawn.shape)
+        indices = jnp.where(controls.full_batch, in_order, drawn)
+        indices = _constrain(indices, program, program.chain_axis, program.data_axis)
+        batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
+        batch = _constrain(batch, program, program.chain_axis, program.data_axis)
+        loss, grads = value_and_grad(params, batch, valid)
+        if program.pair:
+            at_w_star = jax.lax.cond(
+                at_center,
+                lambda b: jax.vmap(weighted_mean, in_axes=(None, 0, None))(center, b, valid),
+                lambda b: jnp.zeros(loss.shape, loss.dtype), batch,
+            )
+        else:
+            at_w_star = jnp.zeros(loss.shape, loss.dtype)
+        return loss.astype(float_type), grads, at_w_star.astype(float_type)
+
+    def add_chunk(index, carry):
+        keys = jax.lax.cond(  # chunk 0 draws from the step key itself (as without chunks)
+            index == 0, lambda: step_keys,
+            lambda: jax.vmap(lambda key: jax.random.fold_in(key, index))(step_keys),
+        )
+        return jax.tree.map(jnp.add, carry, one_chunk(index, keys))
+
+    zeros = jnp.zeros(step_keys.shape[:1], float_type)
+    start = (zeros, jax.tree.map(jnp.zeros_like, params), zeros)
+    return jax.lax.fori_loop(0, controls.num_chunks, add_chunk, start)
 
 
 def _make_observer(program: _Program, query_data):
@@ -398,7 +482,7 @@ def _zeros_like_shapes(shapes):
 
 def _scan_draws(program, state, data, query_data, chain_keys, center, controls):
     """The block's draws: ``(state, records {stream: (draws, chains, ...)}, weights (draws, chains))``."""
-    step_all_chains = _make_step(program, data, chain_keys, center)
+    step_all_chains = _make_step(program, data, chain_keys, center, controls)
     observe = _make_observer(program, query_data)
     observed_shapes = jax.eval_shape(observe, state.params)
 
@@ -520,17 +604,31 @@ def _broadcast_over_chains(tree, *, num_chains):
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_chains,) + jnp.shape(x)), tree)
 
 
-def _initial_chain_state(sampler_state, params, options) -> ChainState:
+@functools.partial(jax.jit, static_argnames=("num_chains",))
+def _start_chains(tree, key, *, num_chains):
+    """``tree`` broadcast over chains and the chains' keys (``split(key, num_chains)`` of one
+    key; an array of keys is passed through), as one program."""
+    keys = jax.random.split(key, num_chains) if key.ndim == 0 else key
+    return _broadcast_over_chains(tree, num_chains=num_chains), keys
+
+
+def _initial_chain_state(sampler_state, params, options, key=None):
     """Every chain starts at ``params`` with the sampler's initial state (made eagerly by
-    ``sampler.init``, so the sampler's hyperparameters enter the program as data)."""
+    ``sampler.init``, so the sampler's hyperparameters enter the program as data). With a
+    ``key`` (one key or ``num_chains`` keys, checked), returns ``(state, chain keys)``."""
     chains = options.num_chains
-    params, sampler_state = _broadcast_over_chains((params, sampler_state), num_chains=chains)
-    return ChainState(
+    if key is None:
+        params, sampler_state = _broadcast_over_chains((params, sampler_state), num_chains=chains)
+    else:
+        (params, sampler_state), key = _start_chains((params, sampler_state), key,
+                                                     num_chains=chains)
+    state = ChainState(
         params=params,
         sampler_state=sampler_state,
         step=np.zeros((), np.int32),
         first_nonfinite_step=np.full((chains,), -1, np.int32),
     )
+    return state if key is None else (state, key)
 
 
 def recorded_hyperparameters(sampler_state) -> dict:
@@ -545,6 +643,112 @@ def recorded_hyperparameters(sampler_state) -> dict:
                     value = np.asarray(leaf).reshape(())[()]  # shortest repr in its precision
                     found.setdefault(name, float(np.format_float_positional(value, unique=True)))
     return found
+
+
+class _CenterCheck(NamedTuple):
+    finite: jax.Array  # () bool: w*, data, query sets, losses and gradient at w* all finite
+    lost_steps: jax.Array  # () int: coordinates whose typical step rounds to zero
+    mean_loss: jax.Array  # () L_n(w*) over all of data (0 unless full_data)
+    nonfinite_count: jax.Array  # () examples whose loss is non-finite (full_data)
+    first_nonfinite: jax.Array  # (LISTED_INDICES + 1,) their first indices, -1 padded
+    gradient_norm: jax.Array  # () ‖∇L_n(w*)‖ over all of data (0 unless gradient)
+
+
+def _all_finite_leaves(tree) -> jax.Array:
+    flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size", "check_size"))
+def _center_check(params, data, query_data, displacement, full_data, gradient=False, *, loss_fn,
+                  chunk_size, check_size) -> _CenterCheck:
+    """Every check of the inputs at :math:`w^*` as one program (one compilation per model,
+    shared by ``sample``'s runs and ``estimate_llc``'s :math:`L_n(w^*)`): the finiteness that
+    :func:`slt_jax._checks.check_finite_at_center` checks, the coordinates on which
+    :func:`slt_jax._checks.warn_if_step_below_resolution`'s displacement is lost, and (when
+    ``full_data``, a traced flag) the full-data mean loss with its non-finite examples, and
+    (when ``gradient``, traced too) the norm of the full-data gradient."""
+    function = loss_fn.value
+    batch = jax.tree.map(lambda x: x[:check_size], data)
+
+    def mean_loss(p):
+        losses = function(p, batch)
+        return jnp.mean(losses), losses
+
+    (_, losses), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+    finite = (_all_finite_leaves(params) & _all_finite_leaves(data)
+              & _all_finite_leaves(query_data) & jnp.all(jnp.isfinite(losses))
+              & _all_finite_leaves(grads))
+    lost = sum(jnp.sum(displacement < (jnp.nextafter(jnp.abs(leaf), jnp.full_like(leaf, jnp.inf))
+                                       - jnp.abs(leaf)).astype(jnp.float32) / 2)
+               for leaf in jax.tree.leaves(params))
+
+    def full_pass(_):
+        mean, per_example = mean_loss_and_finite_in_chunks(function, params, data, chunk_size)
+        (first,) = jnp.nonzero(~per_example, size=LISTED_INDICES + 1, fill_value=-1)
+        return (mean.astype(jnp.result_type(float)), jnp.sum(~per_example).astype(jnp.int32),
+                first.astype(jnp.int32))
+
+    def skipped(_):
+        return (jnp.zeros((), jnp.result_type(float)), jnp.zeros((), jnp.int32),
+                jnp.full((LISTED_INDICES + 1,), -1, jnp.int32))
+
+    mean, count, first = jax.lax.cond(full_data, full_pass, skipped, None)
+    norm = jax.lax.cond(gradient, lambda _: _full_gradient_norm(function, params, data, chunk_size),
+                        lambda _: jnp.zeros((), jnp.result_type(float)), None)
+    return _CenterCheck(finite, jnp.asarray(lost, jnp.int32), mean, count, first, norm)
+
+
+def _full_gradient_norm(loss_fn, params, data, chunk_size):
+    """‖∇L_n(w)‖ of the mean per-example loss over all of ``data``, summed over chunks."""
+    from jax.flatten_util import ravel_pytree
+
+    from slt_jax.calibration import _flat_mean_gradient
+
+    flat, unravel = ravel_pytree(params)
+    gradient = _flat_mean_gradient(loss_fn, unravel, data, chunk_size)(flat)
+    return jnp.linalg.norm(gradient).astype(jnp.result_type(float))
+
+
+def _step_displacement(sampler_name, hyperparameters) -> float:
+    """The typical per-step displacement that ``warn_if_step_below_resolution`` compares
+    (``inf`` where it makes no claim, so no coordinate counts as lost)."""
+    from slt_jax._checks import _STEP_DISPLACEMENTS
+
+    _, rule = _STEP_DISPLACEMENTS.get(sampler_name, (None, lambda h: math.sqrt(h["step_size"])))
+    try:
+        displacement = float(rule(hyperparameters))
+    except (KeyError, TypeError, ValueError):
+        return math.inf
+    return displacement if displacement > 0 and math.isfinite(displacement) else math.inf
+
+
+def _check_at_center(loss_fn, params, data, query_data=None, sampler_name=None,
+                     hyperparameters=None, *, full_data=False, chunk_size=4096,
+                     gradient=False) -> _CenterCheck:
+    """:func:`slt_jax._checks.check_finite_at_center` and
+    :func:`slt_jax._checks.warn_if_step_below_resolution` with one compiled program: the
+    program says whether anything is wrong, and only then do the detailed checks run (and
+    raise or warn with their messages). ``full_data``: also :math:`L_n(w^*)` (and its
+    non-finite examples); ``gradient``: also :math:`\\lVert\\nabla L_n(w^*)\\rVert` (the same
+    program: both are traced flags)."""
+    from slt_jax._checks import FINITE_CHECK_EXAMPLES, LOST_STEP_FRACTION
+
+    n = num_examples(data)
+    displacement = (_step_displacement(sampler_name, hyperparameters)
+                    if hyperparameters is not None else math.inf)
+    result = _center_check(
+        params, data, dict(query_data or {}), np.float32(displacement), np.bool_(full_data),
+        np.bool_(gradient), loss_fn=StructuralKey(loss_fn), chunk_size=min(chunk_size, n),
+        check_size=min(n, FINITE_CHECK_EXAMPLES),
+    )
+    if not bool(result.finite):
+        check_finite_at_center(loss_fn, params, data, query_data)  # raises, naming what and where
+    total = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    if int(result.lost_steps) >= LOST_STEP_FRACTION * total and hyperparameters is not None:
+        warn_if_step_below_resolution(params, sampler_name, hyperparameters, stacklevel=5)
+    return result
 
 
 def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
@@ -564,8 +768,16 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
     stored = check_store(options.store, streams)
     if "loss" in stored and "center_loss" not in stored:
         stored = tuple(name for name in streams if name in stored or name == "center_loss")
-    keys = make_chain_keys(key, options.num_chains)
-    check_finite_at_center(loss_fn, params, data, query_data)
+    # the pairing forward pass at w* only where a stream reads it
+    pair = "center_loss" in stored or any(
+        "center_loss" in tuple(accumulator.streams) for _, accumulator in accumulator_items
+    )
+    key = check_key(key)
+    if key.ndim:  # an array of keys, one per chain (its shape checked); one key is split later
+        make_chain_keys(key, options.num_chains)
+    sampler_state = sampler.init(params)
+    _check_at_center(loss_fn, params, data, query_data, getattr(sampler, "name", None),
+                     recorded_hyperparameters(sampler_state))
     shapes = _stream_shapes(options, loss_fn, params, observable_items, dict(query_data or {}))
     block = _draws_per_block(options, {name: shapes[name] for name in streams})
     program = _Program(
@@ -576,16 +788,13 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
             for name, accumulator in accumulator_items
         )),
         query_names=tuple(name for name, _ in query_shapes), stored=stored,
-        num_chains=options.num_chains, batch_size=options.batch_size, num_samples=n,
-        draws_per_block=block, query_chunk_size=options.query_chunk_size, mesh=options.mesh,
-        chain_axis=options.chain_axis, data_axis=options.data_axis,
+        num_chains=options.num_chains,
+        batch_size=options.batch_size if options.batch_chunk is None else options.batch_chunk,
+        num_samples=n, draws_per_block=block, query_chunk_size=options.query_chunk_size,
+        mesh=options.mesh, chain_axis=options.chain_axis, data_axis=options.data_axis,
+        chunked=options.batch_chunk is not None, pair=pair,
     )
-    sampler_state = sampler.init(params)
-    warn_if_step_below_resolution(
-        params, getattr(sampler, "name", None), recorded_hyperparameters(sampler_state),
-        stacklevel=4,
-    )
-    state = _initial_chain_state(sampler_state, params, options)
+    state, keys = _initial_chain_state(sampler_state, params, options, key)
     if initial_state is not None:
         state = check_initial_state(initial_state, state)
         sampler_state = jax.tree.map(lambda x: np.asarray(x)[0], state.sampler_state)
@@ -604,10 +813,18 @@ def _prepare(loss_fn, params, data, sampler, *, key, options, observables=None,
 # --------------------------------------------------------------------------------------------
 
 
-def _controls(num_valid, steps_per_draw, record) -> _Controls:
+def _controls(num_valid, steps_per_draw, record, prepared=None) -> _Controls:
+    """The per-block data; with ``prepared``, its batch (chunked programs: examples and chunks
+    per step, full batch or drawn)."""
+    examples, chunks, full = 1, 1, False
+    if prepared is not None and prepared.program.chunked:
+        full = prepared.options.batch_size is None
+        examples = prepared.program.num_samples if full else prepared.options.batch_size
+        chunks = -(-examples // prepared.program.batch_size)
     return _Controls(
         np.asarray(num_valid, np.int32), np.asarray(steps_per_draw, np.int32),
-        np.asarray(record, bool),
+        np.asarray(record, bool), np.asarray(examples, np.int32), np.asarray(chunks, np.int32),
+        np.asarray(full, bool),
     )
 
 
@@ -619,7 +836,8 @@ def _run_phase(prepared, state, accumulator_states, count, steps_per_draw, meter
         valid = min(block, count)
         state, accumulator_states, stored = _run_block(
             state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
-            prepared.center, _controls(valid, steps_per_draw, True), program=prepared.program,
+            prepared.center, _controls(valid, steps_per_draw, True, prepared),
+            program=prepared.program,
         )
         blocks.append((stored, valid))
         if not isinstance(meter, _NoProgress):
@@ -638,7 +856,8 @@ def _burn_in(prepared, state, accumulator_states, num_steps, meter):
         valid = min(block, num_steps // steps_per_draw)
         state, accumulator_states, _ = _run_block(
             state, accumulator_states, prepared.data, prepared.query_data, prepared.chain_keys,
-            prepared.center, _controls(valid, steps_per_draw, False), program=prepared.program,
+            prepared.center, _controls(valid, steps_per_draw, False, prepared),
+            program=prepared.program,
         )
         if not isinstance(meter, _NoProgress):
             jax.block_until_ready(state.step)
@@ -746,6 +965,7 @@ def sample(
     chain_axis: str | None = "chains",
     data_axis: str | None = None,
     initial_state: ChainState | None = None,
+    batch_chunk: int | None = None,
 ) -> Trace:
     r"""Run ``num_chains`` SGMCMC chains localized at ``params`` and record draws.
 
@@ -770,7 +990,8 @@ def sample(
     sets, the sampler's state (and with it its hyperparameters and mask), run lengths and keys
     are arguments of that program, so a new key, step size, nβ, mask, query data of the same
     shapes, ``num_draws``, ``num_burnin`` or ``steps_per_draw`` reuses it; a new ``loss_fn``
-    (compared by code and closure), sampler kind, chain count, batch size or shape recompiles.
+    (compared by code and closure), sampler kind, chain count, batch size (unless
+    ``batch_chunk`` makes it data) or shape recompiles.
     Samplers are compared by their ``update`` function's code and closure, so a sampler
     rebuilt with new hyperparameters, also inside ``optax.chain``, is the same program.
 
@@ -798,7 +1019,10 @@ def sample(
         excluded (weight 0).
       store: names of the streams to keep in the trace (default: all). A stream left out is
         only seen by the accumulators, e.g. ``store=("loss",)`` with a covariance accumulator
-        on a large query set.
+        on a large query set. Each recorded minibatch is also evaluated at :math:`w^*`
+        (``"center_loss"``, one more forward pass per draw) only when ``"loss"`` or
+        ``"center_loss"`` is stored or an accumulator reads ``"center_loss"``: ``store=()``
+        and query-only runs skip it.
       progress: ``True`` for a tqdm bar, or a :class:`ProgressMeter` object; off by default
         (with a meter, the host waits for each block, so the bar shows real progress,
         including a "compiling" phase).
@@ -818,6 +1042,14 @@ def sample(
         fixes the program) and step count, so with the same ``key`` the continuation draws
         fresh noise and minibatches; ``params`` stays the center :math:`w^*`. Run lengths
         are free, so extending a run compiles nothing (usually with ``num_burnin=0``).
+      batch_chunk: make the batch size *data* of the program: each step gathers its
+        ``batch_size`` examples (all ``n``, in order, for ``batch_size=None``) in chunks of
+        ``batch_chunk`` and sums the chunks' gradients of :math:`\frac1b\sum_i \ell_i`
+        (padding masked out; chunk :math:`k` draws from ``fold_in(step key, k)``), so runs
+        with any batch size, or the full batch, share one compiled program; a step costs
+        :math:`\lceil b/c\rceil c` examples. ``None`` (default): one gather of ``batch_size``
+        examples, the batch size is part of the program. ``estimate_llc`` runs its
+        calibration, main run and noise rerun in chunks of its base batch.
 
     Returns:
       a :class:`Trace`. Non-finite losses are detected per chain (``trace.diverged``).
@@ -827,7 +1059,7 @@ def sample(
         steps_per_draw=steps_per_draw, batch_size=batch_size,
         draws_per_block=draws_per_block if draws_per_block is not None else progress_every,
         query_chunk_size=query_chunk_size, store=store, mesh=mesh, chain_axis=chain_axis,
-        data_axis=data_axis,
+        data_axis=data_axis, batch_chunk=batch_chunk,
     )
     meter = _progress_meter(progress)
     params = as_params(loss_fn, params)  # TrainResult, nnx.State, ... for adapters' loss_fns
@@ -857,7 +1089,7 @@ def compiled_memory(loss_fn, params, data, sampler, *, key, num_chains, num_draw
         observables=observables, query_data=query_data, accumulators=accumulators,
     )
     arguments = (prepared.state, prepared.accumulator_states, prepared.data, prepared.query_data,
-                 prepared.chain_keys, prepared.center, _controls(1, 1, True))
+                 prepared.chain_keys, prepared.center, _controls(1, 1, True, prepared))
     lowered = _run_block.lower(*arguments, program=prepared.program)
     analysis = lowered.compile().memory_analysis()
     stored_shapes = jax.eval_shape(
@@ -922,15 +1154,13 @@ def checked_loss_at_center(loss_fn, params, data, *, chunk_size: int = 4096,
     n = num_examples(data)
     chunk_size = min(check_int("chunk_size", chunk_size, 1), n)
     check_loss_fn(loss_fn, params, data, chunk_size)
-    check_finite_at_center(loss_fn, params, data)
+    # one program with the checks sample() makes at w* (compiled once for both)
+    result = _check_at_center(loss_fn, params, data, full_data=full_data, chunk_size=chunk_size)
     if not full_data:
         return None
-    mean, count, first = _checked_mean_loss(
-        params, data, loss_fn=StructuralKey(loss_fn), chunk_size=chunk_size
-    )
-    first = np.asarray(first)
-    raise_for_nonfinite_losses(first[first >= 0], int(count))
-    return float(mean)
+    first = np.asarray(result.first_nonfinite)
+    raise_for_nonfinite_losses(first[first >= 0], int(result.nonfinite_count))
+    return float(result.mean_loss)
 
 
 class CompilationCounter:
