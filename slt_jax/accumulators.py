@@ -63,6 +63,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -77,6 +78,7 @@ __all__ = [
     "RunningMeanState",
     "batch_means",
     "batch_means_mcse",
+    "cell_state",
     "covariance",
     "covariance_mcse_of_draws",
     "cross_covariance",
@@ -84,6 +86,7 @@ __all__ = [
     "linear_trend",
     "linear_trend_of_draws",
     "mean_of_draws",
+    "per_cell",
     "running_mean",
     "streaming_reduce",
 ]
@@ -645,6 +648,71 @@ def _validated_inputs(
     if weights.shape != leading:
         raise ValueError(f"weights must have shape {leading}, got {weights.shape}")
     return draws, weights
+
+
+def per_cell(accumulator: Accumulator, num_cells: int, *, finalize_cells: bool = True
+             ) -> Accumulator:
+    r"""Run ``accumulator`` separately on each of ``num_cells`` equal groups of chains.
+
+    A run of :func:`slt_jax.sample` whose chain axis stacks ``num_cells`` cells of ``c``
+    chains each (cell-major: chains :math:`[k c, (k+1) c)` are cell :math:`k`, as
+    :func:`slt_jax.llc_over_checkpoints`, :func:`slt_jax.bif_over_checkpoints` and
+    :func:`slt_jax.estimate_susceptibilities` stack checkpoints or components) gets one state
+    per cell: every stream is reshaped to ``(num_cells, c, ...)`` and the inner ``update`` is
+    ``vmap``-ped over cells. Nothing mixes across cells, so cell :math:`k`'s state is exactly
+    the state the inner accumulator reaches on that cell's chains alone. The initial state is
+    stacked on the host (nothing is compiled for it).
+
+    Args:
+      accumulator: any :class:`Accumulator`.
+      num_cells: the number of groups; the run's chain count must be a multiple of it.
+      finalize_cells: ``finalize`` returns a tuple of the cells' finalized results (default),
+        or, with ``False``, the raw stacked state (leading axis ``num_cells``: resume it, or
+        finalize cell ``k`` with ``accumulator.finalize(cell_state(state, k))``).
+
+    Example:
+      >>> import slt_jax as slt
+      >>> slt.accumulators.per_cell(slt.accumulators.running_mean("loss"), 3).streams
+      ('loss',)
+    """
+    if isinstance(num_cells, bool) or int(num_cells) != num_cells or num_cells < 1:
+        raise ValueError(f"num_cells must be a positive integer, got {num_cells!r}")
+    num_cells = int(num_cells)
+    inner_init, inner_update, inner_finalize = (
+        accumulator.init, accumulator.update, accumulator.finalize)
+
+    def init(shapes):
+        chains = {s.shape[0] for s in jax.tree.leaves(shapes)}
+        if any(count % num_cells for count in chains):
+            raise ValueError(
+                f"per_cell: the run's {sorted(chains)} chains cannot be split into {num_cells} "
+                "equal cells"
+            )
+        cell_shapes = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct((s.shape[0] // num_cells,) + tuple(s.shape[1:]),
+                                           s.dtype), shapes)
+        state = inner_init(cell_shapes)
+        # on the host: an eager jnp.repeat would compile one small program per leaf shape
+        return jax.tree.map(lambda leaf: np.stack([np.asarray(leaf)] * num_cells), state)
+
+    def update(state, block, weights):
+        def split(values):
+            return jnp.reshape(values, (num_cells, -1) + tuple(jnp.shape(values)[1:]))
+
+        return jax.vmap(inner_update)(state, jax.tree.map(split, dict(block)), split(weights))
+
+    def finalize(state):
+        if not finalize_cells:
+            return state
+        return tuple(inner_finalize(cell_state(state, index)) for index in range(num_cells))
+
+    return Accumulator(tuple(accumulator.streams), init, update, finalize)
+
+
+def cell_state(state: PyTree, index: int) -> PyTree:
+    """Cell ``index``'s state of a raw :func:`per_cell` state (sliced on the host: compiles
+    nothing)."""
+    return jax.tree.map(lambda leaf: np.asarray(leaf)[index], state)
 
 
 def streaming_reduce(
@@ -1382,6 +1450,7 @@ def _trend_sums(count, start, sums):
             jnp.sum((count * time)[:, None] * mean, 0), second)
 
 
+@jax.jit  # one program per shape (eagerly it compiled ~25 small ones)
 def close_linear_trend(state: LinearTrendState) -> LinearTrendState:
     """``state`` with every chain's open (partial) batch closed, as at the end of the draws.
     Closing twice changes nothing."""

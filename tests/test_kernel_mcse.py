@@ -129,11 +129,11 @@ def test_streaming_state_does_not_grow_with_the_draws():
               "query": jax.ShapeDtypeStruct((4, 7), jnp.float32)}
     for normalize, matrices in ((False, 6), (True, 11)):
         state = slt.bif_accumulator("train", "query", normalize=normalize,
-                                    return_mcse=True).init(shapes)
+                                    return_mcse=True, batch_size=None).init(shapes)
         size = sum(leaf.size for leaf in jax.tree.leaves(state))
         assert size <= matrices * 50 * 7 + 40 * (50 + 7) + 100, size
-        # batches continued across blocks: + each of the 4 chains' open batch, (n, q) (and at
-        # most 2 vectors of each stream) each
+        # batches continued across blocks (the default): + each of the 4 chains' open batch,
+        # (n, q) (and at most 2 vectors of each stream) each
         state = slt.bif_accumulator("train", "query", normalize=normalize, return_mcse=True,
                                     batch_size=128).init(shapes)
         size = sum(leaf.size for leaf in jax.tree.leaves(state))

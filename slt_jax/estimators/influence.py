@@ -450,7 +450,7 @@ def loss_kernel_accumulator(
     normalize: bool = False,
     center: str = "global",
     return_mcse: bool = False,
-    batch_size: int | None = None,
+    batch_size: int | None = MCSE_BATCH_SIZE,
 ) -> Accumulator:
     r"""Streaming :func:`loss_kernel` of a query stream, for ``slt.sample(accumulators=...)``.
 
@@ -460,8 +460,9 @@ def loss_kernel_accumulator(
     :func:`loss_kernel` of the same draws. With ``return_mcse=True`` it returns
     ``(values, mcse)``, equal to ``loss_kernel(..., return_mcse=True, batch_size=batch_size)``
     whatever the block length (``slt.sample``'s ``draws_per_block``, default 128, fewer where
-    memory is short): a batch left open at the end of a block is continued by the next
-    (``None``: one batch per block and chain instead). The state then also holds the
+    memory is short; default ``batch_size`` 128 draws, the array form's): a batch left open at
+    the end of a block is continued by the next (``None``: one batch per block and chain
+    instead). The state then also holds the
     batch-means sums (:func:`slt_jax.accumulators.batch_means`: 5 more ``(q, q)`` matrices, 10
     with ``normalize=True``, and each chain's open batch, ``(chains, q, q)``), still
     independent of the number of draws.
@@ -470,7 +471,8 @@ def loss_kernel_accumulator(
       stream: the query set's name in ``slt.sample(query_data=...)``.
       normalize, center: as in :func:`loss_kernel`.
       return_mcse: finalize to ``(values, mcse)``.
-      batch_size: draws per batch and chain for the MCSE; ``None``: the sampler's blocks.
+      batch_size: draws per batch and chain for the MCSE (default 128, as the array form;
+        ``None``: one batch per block and chain).
 
     Example:
       >>> import slt_jax.estimators.influence as influence
@@ -565,7 +567,7 @@ def bif_accumulator(
     normalize: bool = False,
     center: str = "global",
     return_mcse: bool = False,
-    batch_size: int | None = None,
+    batch_size: int | None = MCSE_BATCH_SIZE,
 ) -> Accumulator:
     r"""Streaming :func:`bif` of two query streams, for ``slt.sample(accumulators=...)``.
 
@@ -586,17 +588,18 @@ def bif_accumulator(
     With ``return_mcse=True`` ``finalize`` returns ``(values, mcse)``, equal to
     ``bif(..., return_mcse=True, batch_size=batch_size)`` whatever the block length
     (``slt.sample``'s ``draws_per_block``, default 128, fewer where memory is short): a batch
-    left open at the end of a block is continued by the next (``None``: one batch per block and
-    chain instead). The state then also holds the batch-means sums of
-    :func:`slt_jax.accumulators.batch_means`: 5 more ``(n, q)`` matrices (10 with
-    ``normalize=True``) and each chain's open batch (``(chains, n, q)``), independent of the
-    number of draws.
+    left open at the end of a block is continued by the next (default ``batch_size`` 128 draws,
+    the array form's; ``None``: one batch per block and chain instead). The state then also
+    holds the batch-means sums of :func:`slt_jax.accumulators.batch_means`: 5 more ``(n, q)``
+    matrices (10 with ``normalize=True``) and each chain's open batch (``(chains, n, q)``),
+    independent of the number of draws.
 
     Args:
       train_stream, query_stream: query-set names in ``slt.sample(query_data=...)``.
       beta, normalize, center: as in :func:`bif`.
       return_mcse: finalize to ``(values, mcse)`` (see "Error bars" in the module docstring).
-      batch_size: draws per batch and chain for the MCSE; ``None``: the sampler's blocks.
+      batch_size: draws per batch and chain for the MCSE (default 128, as the array form;
+        ``None``: one batch per block and chain).
 
     Example:
       >>> import slt_jax.estimators.influence as influence
