@@ -39,7 +39,9 @@ __all__ = [
     "plot_influence",
     "plot_kernel",
     "plot_llc_curves",
+    "plot_response",
     "plot_trace",
+    "plot_trajectories",
 ]
 
 #: colormap of signed quantities (kernels, influences): blue < 0 < red, white at 0
@@ -833,3 +835,229 @@ def plot_llc_curves(steps, llcs, errors=None, labels=None, *, log_x: bool = Fals
     if title is not None:
         ax.set_title(title)
     return figure
+
+
+# ----------------------------------------------------------------------------------------------
+# response matrices (susceptibilities)
+
+RESPONSE_FIGURE_SIZE = (10.0, 4.2)
+
+
+def _response_loadings_panel(ax, pca, num_shown: int) -> None:
+    """Grouped bars: the loading of each component (column) on each shown PC."""
+    loadings = np.asarray(pca.loadings, dtype=float)
+    columns = loadings.shape[0]
+    width = 0.8 / num_shown
+    positions = np.arange(columns)
+    for pc in range(num_shown):
+        ratio = float(np.asarray(pca.explained_variance_ratio)[pc])
+        ax.bar(positions + (pc - (num_shown - 1) / 2) * width, loadings[:, pc], width=width,
+               color=_categorical_color(pc), label=f"PC{pc + 1} ({100 * ratio:.0f}%)")
+    ax.axhline(0.0, color="0.3", linewidth=0.6)
+    crowded = columns > 6
+    ax.set_xticks(positions, [str(label) for label in pca.column_labels],
+                  rotation=45 if crowded else 0, ha="right" if crowded else "center", fontsize=8)
+    ax.set_ylabel("loading")
+    ax.set_title("loadings per component")
+    ax.legend(fontsize=8)
+
+
+def _response_scores_panel(figure, ax, pca, labels) -> None:
+    """Token scores on PC1/PC2 (PC1 against the row index when there is one PC)."""
+    scores = np.asarray(pca.scores, dtype=float)
+    x, y = (scores[:, 0], scores[:, 1]) if scores.shape[1] > 1 else (
+        np.arange(scores.shape[0]), scores[:, 0])
+    ax.set_xlabel("PC1" if scores.shape[1] > 1 else "row")
+    ax.set_ylabel("PC2" if scores.shape[1] > 1 else "PC1")
+    ax.set_title("scores")
+    if labels is None:
+        ax.scatter(x, y, s=10, color=_categorical_color(0), alpha=0.7)
+        return
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.floating):
+        points = ax.scatter(x, y, s=10, c=labels, cmap=SEQUENTIAL_COLORMAP, alpha=0.8)
+        figure.colorbar(points, ax=ax, shrink=0.9)
+        return
+    for index, value in enumerate(dict.fromkeys(labels.tolist())):
+        chosen = labels == value
+        ax.scatter(x[chosen], y[chosen], s=10, color=_categorical_color(index), alpha=0.7,
+                   label=str(value))
+    ax.legend(fontsize=8, markerscale=1.5)
+
+
+def plot_response(pca, labels=None, *, num_shown: int = 2, title: str | None = None):
+    r"""A response PCA (:func:`slt_jax.response_pca`): loadings and token scores.
+
+    Left: the loadings of each component (a column of the response matrix
+    :math:`X_{xy,C} = \chi_{C,xy}`, arXiv 2504.18274) on the first ``num_shown`` principal
+    components, as grouped bars (the legend gives each PC's explained variance ratio). Right:
+    every row's (token's) scores on PC1 and PC2, coloured by ``labels`` (categories get a
+    legend, floats a colorbar), e.g. "copy" vs "first occurrence" tokens.
+
+    Args:
+      pca: a :class:`slt_jax.ResponsePCA`.
+      labels: optional per-row labels (``rows`` entries).
+      num_shown: how many PCs to show in the loadings panel (at most the PCA's ``k``).
+      title: a figure title.
+
+    Returns:
+      The :class:`matplotlib.figure.Figure`.
+
+    Example:
+      >>> import numpy as np, slt_jax as slt
+      >>> X = np.random.default_rng(0).normal(size=(40, 5))
+      >>> figure = plot_response(slt.response_pca(X, 2), labels=np.arange(40) % 2 == 0)
+      >>> len(figure.axes)
+      2
+    """
+    scores = np.asarray(getattr(pca, "scores", None), dtype=float)
+    loadings = np.asarray(getattr(pca, "loadings", None), dtype=float)
+    if scores.ndim != 2 or loadings.ndim != 2 or scores.shape[1] != loadings.shape[1]:
+        raise ValueError("plot_response expects a ResponsePCA (slt.response_pca) with scores "
+                         "(rows, k) and loadings (components, k)")
+    if labels is not None and len(labels) != scores.shape[0]:
+        raise ValueError(f"labels must have one entry per row ({scores.shape[0]}), got "
+                         f"{len(labels)}")
+    num_shown = max(1, min(int(num_shown), loadings.shape[1]))
+    figure, (left, right) = _pyplot().subplots(1, 2, figsize=RESPONSE_FIGURE_SIZE,
+                                               layout="constrained")
+    _response_loadings_panel(left, pca, num_shown)
+    _response_scores_panel(figure, right, pca, labels)
+    if title is not None:
+        figure.suptitle(title)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------
+# essential dynamics (trajectory PCA)
+
+
+def _per_run(value, runs, name: str) -> dict:
+    """``value`` as ``{run: value}``: a dict is checked against ``runs``, anything else is shared."""
+    if isinstance(value, dict):
+        missing = [run for run in runs if run not in value]
+        if missing:
+            raise ValueError(f"{name} has no entry for the runs {missing}")
+        return value
+    return {run: value for run in runs}
+
+
+def _llc_curve(value, count: int, name: str):
+    """``(means, errors or None)`` of one run's LLC over checkpoints (an ``LLCSweepResult`` or an
+    array)."""
+    sweep = hasattr(value, "mcse")  # an LLCSweepResult (arrays have a .mean method too)
+    mean, errors = (value.mean, value.mcse) if sweep else (value, None)
+    means = np.asarray(mean, dtype=float)
+    means = means[:, 0] if means.ndim == 2 else means
+    if means.shape != (count,):
+        raise ValueError(f"{name} must give one LLC per checkpoint ({count}), got shape "
+                         f"{np.shape(mean)}")
+    if errors is not None:
+        errors = np.asarray(errors, dtype=float)
+        errors = 2.0 * (errors[:, 0] if errors.ndim == 2 else errors)
+    return means, errors
+
+
+def _trajectory_panel(ax, ed, pair, runs, turning) -> None:
+    first, second = pair
+    for index, run in enumerate(runs):
+        color = _categorical_color(index)
+        scores = ed.scores[run]
+        ax.plot(scores[:, first], scores[:, second], color=color, linewidth=1.2, label=str(run))
+        ax.plot(scores[:1, first], scores[:1, second], "o", color=color, markersize=4)
+        ax.plot(scores[-1:, first], scores[-1:, second], "s", color=color, markersize=5)
+        points = turning.get(run)
+        if points is not None and len(points.steps):
+            ax.plot(points.positions[:, first], points.positions[:, second], "x", color=color,
+                    markersize=9, markeredgewidth=2)
+    markers = "*Dv^P<>"
+    for index, (name, scores) in enumerate(ed.reference_scores.items()):
+        ax.plot(scores[first], scores[second], markers[index % len(markers)], color="black",
+                markersize=11, markerfacecolor="none", label=str(name))
+    ax.set_xlabel(f"PC{first + 1} ({100 * ed.explained_variance_ratio[first]:.1f}%)")
+    ax.set_ylabel(f"PC{second + 1} ({100 * ed.explained_variance_ratio[second]:.1f}%)")
+
+
+def plot_trajectories(ed, llc=None, steps=None, *, turning_points=None, log_x: bool = True,
+                      title: str | None = None):
+    r"""Essential dynamics: each run's path in PC1–PC2 (and PC1–PC3) space with the references
+    and turning points marked, and the LLC over the same checkpoints beside it.
+
+    Paths start at a dot and end at a square; references (projected, never fitted:
+    :func:`slt_jax.trajectory_pca`) are open black markers; turning points
+    (:func:`slt_jax.trajectory_turning_points`, computed here with its defaults when ``steps``
+    is given and ``turning_points`` is not) are crosses. The axis labels give each component's
+    explained variance ratio :math:`S_i^2/\sum_j S_j^2`.
+
+    Args:
+      ed: a :class:`slt_jax.TrajectoryPCA`.
+      llc: the LLC over the checkpoints: an :class:`slt_jax.LLCSweepResult` (first component,
+        band ±2 MCSE), a ``(num_checkpoints,)`` array (NaN where a checkpoint was not swept;
+        the others are joined), or a dict of those per run.
+      steps: ``(num_checkpoints,)`` training steps, or a dict per run (the LLC panel's x axis;
+        checkpoint indices when omitted).
+      turning_points: ``{run: TurningPoints}`` to mark instead of computing them.
+      log_x: logarithmic step axis on the LLC panel.
+      title: figure title.
+
+    Returns:
+      The :class:`matplotlib.figure.Figure`.
+
+    Example:
+      >>> import numpy as np, slt_jax as slt
+      >>> t = np.geomspace(1, 1000, 30)
+      >>> outputs = np.stack([np.tanh(t / 10), np.tanh(t / 300), np.sin(t / 500), t / 1000], 1)
+      >>> ed = slt.trajectory_pca({"run": outputs}, num_components=3, references={"end": outputs[-1]})
+      >>> figure = plot_trajectories(ed, llc=np.linspace(1, 2, 30), steps=t)
+      >>> len(figure.axes)
+      3
+    """
+    pyplot = _pyplot()
+    runs = list(ed.scores)
+    step_of = None if steps is None else _per_run(steps, runs, "steps")
+    if turning_points is None and step_of is not None:
+        from slt_jax.estimators.trajectory import trajectory_turning_points
+
+        turning_points = {run: trajectory_turning_points(ed.scores[run], step_of[run])
+                          for run in runs}
+    turning = _per_run(turning_points, runs, "turning_points") if turning_points else {}
+    if ed.components.shape[0] < 2:
+        raise ValueError("plot_trajectories needs at least 2 components (num_components >= 2)")
+    pairs = [(0, 1), (0, 2)][: 1 + int(ed.components.shape[0] >= 3)]
+    figure, axes = pyplot.subplots(1, len(pairs) + int(llc is not None),
+                                   figsize=(4.6 * (len(pairs) + int(llc is not None)), 4.2),
+                                   layout="constrained", squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        _trajectory_panel(ax, ed, pair, runs, turning)
+    axes[0, 0].legend(fontsize=8)
+    if llc is not None:
+        _llc_panel(axes[0, -1], llc, runs, ed, step_of, log_x)
+    if title is not None:
+        figure.suptitle(title)
+    return figure
+
+
+def _llc_panel(ax, llc, runs, ed, step_of, log_x) -> None:
+    curves = _per_run(llc, runs, "llc")
+    for index, run in enumerate(runs):
+        count = ed.scores[run].shape[0]
+        x = np.arange(count, dtype=float) if step_of is None else np.asarray(step_of[run], float)
+        means, errors = _llc_curve(curves[run], count, "llc")
+        color = _categorical_color(index)
+        shown = np.isfinite(means)  # NaN: a checkpoint the sweep skipped; join the others
+        ax.plot(x[shown], means[shown], marker="o", markersize=3, color=color, label=str(run))
+        if errors is not None:
+            ax.fill_between(x[shown], (means - errors)[shown], (means + errors)[shown],
+                            color=color, alpha=0.2, linewidth=0)
+    if log_x and step_of is not None:
+        every = np.concatenate([np.asarray(step_of[run], float) for run in runs])
+        positive = every[every > 0]
+        if positive.size == every.size:
+            ax.set_xscale("log")
+        elif positive.size:  # a checkpoint at step 0: linear below the smallest positive step
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
+    ax.set_xlabel("training step" if step_of is not None else "checkpoint")
+    ax.set_ylabel(r"LLC $\hat\lambda$")
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
+    ax.set_title("LLC over checkpoints", fontsize=9)

@@ -29,6 +29,8 @@ __all__ = [
     "baoab_stationary_variance",
     "adam_sgld_stationary_variance",
     "linear_regression_loss_covariance",
+    "saxe_mode_strength",
+    "saxe_half_rise_time",
 ]
 
 
@@ -683,3 +685,68 @@ def linear_regression_loss_covariance(X, Sigma, residuals):
         raise ValueError(f"residuals must have shape ({n},), got {r.shape}")
     S = X @ Sigma @ X.T
     return 0.5 * S**2 + np.outer(r, r) * S
+
+
+# ---------------------------------------------------------------------------
+# Learning dynamics of deep linear networks (docs/mathematics.md §6)
+# ---------------------------------------------------------------------------
+
+
+def _saxe_arguments(s, a0, learning_rate):
+    s = np.asarray(s, dtype=np.float64)
+    a0 = np.asarray(a0, dtype=np.float64)
+    eta = float(learning_rate)
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"s (the mode's singular value) must be positive, got {s!r}")
+    if not np.all(np.isfinite(a0)) or np.any(a0 <= 0) or np.any(a0 >= s):
+        raise ValueError(f"a0 (the initial mode strength) must be in (0, s), got {a0!r}")
+    if not math.isfinite(eta) or eta <= 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+    return s, a0, eta
+
+
+def saxe_mode_strength(t, s, a0, learning_rate):
+    r"""Strength of one mode of a 2-layer linear network under gradient descent (Saxe et al.).
+
+    For :math:`L = \tfrac12 \mathbb E\lVert W_2 W_1 x - y\rVert^2` with whitened inputs
+    (:math:`\Sigma_{xx} = I`), :math:`\Sigma_{yx} = \sum_\alpha s_\alpha u_\alpha
+    v_\alpha^\top` and balanced weights aligned with the modes at initial strength
+    :math:`a_0`, gradient flow with learning rate :math:`\eta` gives
+    :math:`\dot a = 2\eta\, a (s - a)` per mode, i.e. after :math:`t` steps
+
+    .. math::
+
+        a(t) = \frac{s\, e^{2 s \eta t}}{e^{2 s \eta t} - 1 + s / a_0}
+
+    (Saxe, McClelland & Ganguli 2014, arXiv 1312.6120, eq. 6; docs/mathematics.md §6), a sigmoid
+    from :math:`a_0` to :math:`s`. Evaluated as :math:`s / (1 + (s/a_0 - 1) e^{-2s\eta t})` so
+    large ``t`` cannot overflow. Broadcasts over ``t``, ``s`` and ``a0``.
+
+    >>> round(saxe_mode_strength(0.0, 1.0, 1e-3, 0.01), 6)
+    0.001
+    >>> round(saxe_mode_strength(saxe_half_rise_time(1.0, 1e-3, 0.01), 1.0, 1e-3, 0.01), 6)
+    0.5
+    """
+    s, a0, eta = _saxe_arguments(s, a0, learning_rate)
+    t = np.asarray(t, dtype=np.float64)
+    strength = s / (1.0 + (s / a0 - 1.0) * np.exp(-2.0 * s * eta * t))
+    return float(strength) if strength.ndim == 0 else strength
+
+
+def saxe_half_rise_time(s, a0, learning_rate):
+    r"""Steps until a mode of :func:`saxe_mode_strength` reaches half its final strength.
+
+    .. math::
+
+        t_{1/2} = \frac{\ln(s/a_0 - 1)}{2 s \eta}
+
+    (solve :math:`a(t) = s/2`; Saxe, McClelland & Ganguli 2014, arXiv 1312.6120;
+    docs/mathematics.md §6). Stronger modes are learned first: :math:`t_{1/2} \propto 1/s`
+    up to the logarithm.
+
+    >>> round(saxe_half_rise_time(1.0, 1e-3, 0.01), 3)
+    345.338
+    """
+    s, a0, eta = _saxe_arguments(s, a0, learning_rate)
+    time = np.log(s / a0 - 1.0) / (2.0 * s * eta)
+    return float(time) if time.ndim == 0 else time

@@ -22,6 +22,7 @@ PUBLIC_MODULES = [
     "slt_jax.calibration",
     "slt_jax.cli",
     "slt_jax.compilation_cache",
+    "slt_jax.compression",
     "slt_jax.data",
     "slt_jax.diagnostics",
     "slt_jax.estimators",

@@ -45,3 +45,7 @@ __all__ += [
     "make_tms_data",
     "ridge_predictions",
 ]
+
+from slt_jax.data.hierarchical import HierarchicalData, make_hierarchical_data  # noqa: E402
+
+__all__ += ["HierarchicalData", "make_hierarchical_data"]

@@ -165,6 +165,23 @@ def _run_cells(prepared, cells, checkpoint_list, samplers, key, meter, num_compo
     at that checkpoint (its ``center``), for the paired estimator; runs mixing checkpoints use
     the plain one (the driver's center is one point for all chains).
     """
+    trace, single = _run_cells_trace(prepared, cells, checkpoint_list, samplers, key, meter,
+                                     num_components)
+    num_chains = prepared.options.num_chains // len(cells)
+
+    def per_cell(array):
+        return np.asarray(array).reshape((len(cells), num_chains) + np.shape(array)[1:])
+
+    center = getattr(trace, "center_loss", None)
+    center = per_cell(center) if single and center is not None else None
+    return per_cell(trace.loss), center, per_cell(trace.first_nonfinite_step)
+
+
+def _run_cells_trace(prepared, cells, checkpoint_list, samplers, key, meter, num_components):
+    """The :class:`slt_jax.Trace` of one run of a group of cells (stacked along the chain
+    axis, cell-major) and whether the run holds one checkpoint (then the driver's center is
+    that checkpoint: the paired estimator). Used by :func:`_run_cells` and by estimators that
+    also read the run's accumulators (``estimate_susceptibilities``)."""
     num_chains = prepared.options.num_chains // len(cells)
     states = [samplers[cell].init(checkpoint_list[cell.checkpoint]) for cell in cells]
     params = _stack([checkpoint_list[cell.checkpoint] for cell in cells], num_chains)
@@ -179,14 +196,7 @@ def _run_cells(prepared, cells, checkpoint_list, samplers, key, meter, num_compo
     single = len({cell.checkpoint for cell in cells}) == 1
     if single and "center" in prepared._fields:
         prepared = prepared._replace(center=checkpoint_list[cells[0].checkpoint])
-    trace = _run(prepared, meter)
-
-    def per_cell(array):
-        return np.asarray(array).reshape((len(cells), num_chains) + np.shape(array)[1:])
-
-    center = getattr(trace, "center_loss", None)
-    center = per_cell(center) if single and center is not None else None
-    return per_cell(trace.loss), center, per_cell(trace.first_nonfinite_step)
+    return _run(prepared, meter), single
 
 
 class _CellTrace(NamedTuple):
@@ -431,7 +441,9 @@ def _policy(sampler, *, num_draws, num_burnin, batch_size, num_examples, calibra
             )
         draws = DEFAULT_NUM_DRAWS if num_draws is None else num_draws
         defaults = dict(num_draws=draws, num_burnin=draws // 2 if isinstance(draws, int) else 0,
-                        batch_size=min(num_examples, DEFAULT_BATCH_SIZE))
+                        # estimate_llc's rule: the full batch when n <= 500 (a with-replacement
+                        # minibatch of n is not the full batch)
+                        batch_size=None if num_examples <= DEFAULT_BATCH_SIZE else DEFAULT_BATCH_SIZE)
     lengths = dict(
         num_draws=defaults["num_draws"] if num_draws is None else num_draws,
         num_burnin=defaults["num_burnin"] if num_burnin is None else num_burnin,
@@ -455,6 +467,8 @@ def _cell_samplers(policy, sampler, loss_fn, checkpoint_list, data, masks, cells
         cell_key = jax.random.fold_in(jax.random.fold_in(key, _cell_id(cell, len(masks))), 1)
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always")
+            # tqdm in Jupyter without ipywidgets: a text bar, not a warning of the cell
+            warnings.filterwarnings("ignore", message="IProgress not found")
             setup = _calibrated_setup(
                 loss_fn, params, data, key=cell_key, sampler=sampler,
                 localization=1.0 if calibration_arguments["localization"] is None
