@@ -83,3 +83,21 @@ def mean_loss_and_finite_in_chunks(loss_fn: Callable, params: PyTree, data: PyTr
 
     totals, counts, finite = map_chunks(sums, data, chunk_size)
     return jnp.sum(totals) / jnp.sum(counts), finite.reshape(-1)[: leading_size(data)]
+
+
+def flat_mean_gradient(loss_fn, unravel, data, chunk_size):
+    """``w -> ∇L(w)`` of the mean per-example loss over ``data``, in chunks."""
+    n = leading_size(data)
+
+    def gradient(flat_params):
+        def chunk_gradient(batch, valid):
+            def weighted_sum(p):
+                losses = loss_fn(unravel(p), batch)
+                per_example = losses.reshape(losses.shape[0], -1).mean(axis=1)
+                return jnp.sum(jnp.where(valid, per_example, 0.0))
+
+            return jax.grad(weighted_sum)(flat_params)
+
+        return jnp.sum(map_chunks(chunk_gradient, data, chunk_size), axis=0) / n
+
+    return gradient

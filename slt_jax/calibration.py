@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from slt_jax._chunking import flat_mean_gradient as _flat_mean_gradient
 from slt_jax._chunking import map_chunks
 from slt_jax._structural import StructuralKey
 from slt_jax.samplers import SAMPLER_FAMILIES, SamplerFamily, mask_as_floats
@@ -151,24 +152,6 @@ def sampler_family(sampler_name: str) -> SamplerFamily:
             f"{', '.join(SAMPLER_FAMILIES)} (or pass step_size= yourself)"
         )
     return SAMPLER_FAMILIES[sampler_name]
-
-
-def _flat_mean_gradient(loss_fn, unravel, data, chunk_size):
-    """``w -> ∇L(w)`` of the mean per-example loss over ``data``, in chunks."""
-    n = num_examples(data)
-
-    def gradient(flat_params):
-        def chunk_gradient(batch, valid):
-            def weighted_sum(p):
-                losses = loss_fn(unravel(p), batch)
-                per_example = losses.reshape(losses.shape[0], -1).mean(axis=1)
-                return jnp.sum(jnp.where(valid, per_example, 0.0))
-
-            return jax.grad(weighted_sum)(flat_params)
-
-        return jnp.sum(map_chunks(chunk_gradient, data, chunk_size), axis=0) / n
-
-    return gradient
 
 
 def _split(key, num: int) -> list:

@@ -56,6 +56,7 @@ from slt_jax._checks import (
     warn_if_step_below_resolution,
 )
 from slt_jax._chunking import (
+    flat_mean_gradient,
     losses_in_chunks,
     mean_loss_and_finite_in_chunks,
     mean_loss_in_chunks,
@@ -704,10 +705,8 @@ def _full_gradient_norm(loss_fn, params, data, chunk_size):
     """‖∇L_n(w)‖ of the mean per-example loss over all of ``data``, summed over chunks."""
     from jax.flatten_util import ravel_pytree
 
-    from slt_jax.calibration import _flat_mean_gradient
-
     flat, unravel = ravel_pytree(params)
-    gradient = _flat_mean_gradient(loss_fn, unravel, data, chunk_size)(flat)
+    gradient = flat_mean_gradient(loss_fn, unravel, data, chunk_size)(flat)
     return jnp.linalg.norm(gradient).astype(jnp.result_type(float))
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from slt_jax import compression
+import slt_jax.compression as compression
 from slt_jax.estimators.llc import LLCResult
 
 PyTree = Any
