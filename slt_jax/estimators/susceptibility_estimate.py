@@ -53,15 +53,12 @@ from slt_jax.samplers import Sampler
 from slt_jax.estimators.susceptibility import SusceptibilityResult, susceptibility_accumulator
 from slt_jax.estimators.sweep import (
     _Cell,
-    _cell_result,
     _cell_samplers,
-    _CellTrace,
     _components,
     _init_losses,
     _per_cell_hyperparameters,
     _policy,
     _retry_failed_cells,
-    _run_cells_trace,
     _Runs,
     _warn_once,
 )
@@ -132,29 +129,10 @@ class _ComponentRuns(_Runs):
         super().__init__(*args)
         self.probe_names, self.responses = probe_names, {}
 
-    def run(self, cells) -> dict:
-        padded = list(cells) + [cells[-1]] * (self.cells_per_run - len(cells))
-        trace, single = _run_cells_trace(self.prepared, padded, self.checkpoint_list,
-                                         self.samplers, self.key, self.meter, self.num_components)
-        self.num_runs += 1
-        self.paired_runs += single
-        chains = self.prepared.options.num_chains // len(padded)
-
-        def per_cell_array(array):
-            return np.asarray(array).reshape((len(padded), chains) + np.shape(array)[1:])
-
-        losses, steps = per_cell_array(trace.loss), per_cell_array(trace.first_nonfinite_step)
-        center = per_cell_array(trace.center_loss) if single else None
-        results = {}
-        for index, cell in enumerate(cells):
-            cell_trace = _CellTrace(losses[index], None if center is None else center[index],
-                                    steps[index], {})
-            nbeta = float(self.samplers[cell].hyperparameters["nbeta"])
-            results[cell] = _cell_result(cell_trace, nbeta, self.init_losses[cell.checkpoint],
-                                         self.caught, cell, self.labels[cell.component])
-            self.responses[cell] = {name: trace.accumulators[name][index]
+    def keep(self, group, accumulators) -> None:
+        for index, cell in enumerate(group):
+            self.responses[cell] = {name: accumulators[name][index]
                                     for name in self.probe_names}
-        return results
 
 
 def _chi_and_mcse(finalized):

@@ -159,7 +159,7 @@ def _cell_keys(key, cell_ids, *, num_chains):
 
 def _run_cells(prepared, cells, checkpoint_list, samplers, key, meter, num_components):
     """One run of the block program for a group of cells: ``(losses, center losses or None,
-    first non-finite steps)``, losses shaped ``(cells, chains, draws)``.
+    first non-finite steps, the run's accumulators)``, losses shaped ``(cells, chains, draws)``.
 
     When every cell of the run shares one checkpoint, the driver also evaluates each minibatch
     at that checkpoint (its ``center``), for the paired estimator; runs mixing checkpoints use
@@ -174,14 +174,14 @@ def _run_cells(prepared, cells, checkpoint_list, samplers, key, meter, num_compo
 
     center = getattr(trace, "center_loss", None)
     center = per_cell(center) if single and center is not None else None
-    return per_cell(trace.loss), center, per_cell(trace.first_nonfinite_step)
+    return (per_cell(trace.loss), center, per_cell(trace.first_nonfinite_step),
+            trace.accumulators)
 
 
 def _run_cells_trace(prepared, cells, checkpoint_list, samplers, key, meter, num_components):
     """The :class:`slt_jax.Trace` of one run of a group of cells (stacked along the chain
     axis, cell-major) and whether the run holds one checkpoint (then the driver's center is
-    that checkpoint: the paired estimator). Used by :func:`_run_cells` and by estimators that
-    also read the run's accumulators (``estimate_susceptibilities``)."""
+    that checkpoint: the paired estimator)."""
     num_chains = prepared.options.num_chains // len(cells)
     states = [samplers[cell].init(checkpoint_list[cell.checkpoint]) for cell in cells]
     params = _stack([checkpoint_list[cell.checkpoint] for cell in cells], num_chains)
@@ -552,12 +552,13 @@ class _Runs:
         for first in range(0, len(cells), self.cells_per_run):
             group = cells[first:first + self.cells_per_run]
             padded = group + [group[-1]] * (self.cells_per_run - len(group))
-            losses, center, first_nonfinite = _run_cells(
+            losses, center, first_nonfinite, accumulators = _run_cells(
                 self.prepared, padded, self.checkpoint_list, self.samplers, self.key, self.meter,
                 self.num_components,
             )
             self.num_runs += 1
             self.paired_runs += center is not None
+            self.keep(group, accumulators)
             for index, cell in enumerate(group):
                 trace = _CellTrace(losses[index], None if center is None else center[index],
                                    first_nonfinite[index], {})
@@ -567,6 +568,10 @@ class _Runs:
                     self.labels[cell.component],
                 )
         return results
+
+    def keep(self, group, accumulators) -> None:
+        """What a subclass keeps of a run's accumulators (``group[i]`` is the run's cell
+        ``i``); the sweep keeps nothing."""
 
 
 def _sweep_result(results, num_checkpoints, labels, init_losses, hyperparameters):
