@@ -28,8 +28,13 @@ draws); with ``--more`` also a 50k-parameter DLN [100, 100, 100, 100, 100, 100] 
 ``slt.sample`` with ``store=()`` (no pairing pass) against the default (the minibatch also
 evaluated at w* for the paired estimator), side by side in one process.
 
+``--keys K`` makes K warm calls (keys 11, 12, ...) after the cold one; each row has
+``wall_over_main_run``, the call's wall time over its main run (the ``burn_in`` and ``draws``
+phases of the sampling whose draws are the estimate: since issue 20 the burn-in, the noise
+check after it and the draws continued at the chosen batch; a rerun is not part of it).
+
     python benchmarks/estimate_llc_time.py [--label after] [--before /tmp/before]
-        [--models dln mlp] [--more] [--pairing]
+        [--models dln mlp] [--more] [--pairing] [--keys 5]
 
 Writes ``benchmarks/results/estimate_llc_time_<label>.json``.
 """
@@ -69,7 +74,9 @@ def listener(event, duration, **kwargs):
 jax.monitoring.register_event_duration_secs_listener(listener)
 
 def timed(module, name, phase=None, pick=None, wait=False):
-    function = getattr(module, name)
+    function = getattr(module, name, None)
+    if function is None:  # a step the other checkout does not have
+        return
     def wrapper(*args, **kwargs):
         top = clock["stack"][-1][0]
         label = pick(top) if pick else phase
@@ -95,6 +102,8 @@ from slt_jax.estimators import estimate
 timed(estimate, "_calibrated_setup", "calibration")
 timed(estimate, "_sample_with_retries", "main")
 timed(estimate, "_control_noise_at_end", "checks")
+# the noise check after the burn-in, inside the main run (issue 20)
+timed(estimate, "_noise_bias_at_end", pick=lambda top: "checks" if top == "main" else None)
 timed(estimate, "drift_statistics", "checks")
 timed(estimate, "_drift_diagnosis", "checks")
 timed(estimate, "llc", "checks")
@@ -132,7 +141,8 @@ else:  # the refined-LLC notebook's setting: one head of a trained attention-onl
     options = dict(num_draws=1000, mask=mask)
 jax.block_until_ready(data)
 rows = []
-for call, seed in (("cold", 10), ("warm", 11)):
+calls = [("cold", 10)] + [("warm", 11 + k) for k in range(int(sys.argv[2]))]
+for call, seed in calls:
     clock["totals"], clock["compiles"] = {}, 0
     start, cpu_start = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
@@ -143,7 +153,13 @@ for call, seed in (("cold", 10), ("warm", 11)):
     phases = {k: v for k, v in clock["totals"].items() if k != "main"}
     phases["other"] = phases.get("other", 0.0) + clock["totals"].get("main", 0.0)
     phases["other"] += wall - sum(phases.values())
-    rows.append(dict(call=call, wall_seconds=wall, cpu_seconds=cpu,
+    main_run = phases.get("burn_in", 0.0) + phases.get("draws", 0.0)
+    rows.append(dict(call=call, seed=seed, wall_seconds=wall, cpu_seconds=cpu,
+                     main_run_seconds=main_run, wall_over_main_run=wall / main_run,
+                     gradient_noise_bias_after_burnin=result.hyperparameters.get(
+                         "gradient_noise_bias_after_burnin"),
+                     gradient_noise_bias_at_end=result.hyperparameters.get(
+                         "gradient_noise_bias_at_end"),
                      calibration_rounds=len(calibration.rounds) if calibration else 0,
                      compilations=clock["compiles"],
                      phases=phases, llc=result.mean, mcse=result.mcse,
@@ -191,9 +207,9 @@ print("RESULT " + json.dumps(results))
 """
 
 
-def _child(script: str, argument: str, tree: str | None) -> object:
+def _child(script: str, argument: str, tree: str | None, keys: int = 1) -> object:
     completed = subprocess.run(
-        [sys.executable, "-c", script, argument], capture_output=True, text=True,
+        [sys.executable, "-c", script, argument, str(keys)], capture_output=True, text=True,
         cwd=tree or os.getcwd(),
     )
     if completed.returncode:
@@ -204,7 +220,7 @@ def _child(script: str, argument: str, tree: str | None) -> object:
 
 def _table(model: str, tree: str, rows: list) -> None:
     print(f"\n{model} ({tree})  " + " ".join(f"{p:>11s}" for p in PHASES)
-          + "      total    CPU  compiles rounds  batch   LLC            load")
+          + "      total    CPU  compiles rounds  batch   LLC            load  /main run")
     for row in rows:
         phases = " ".join(f"{row['phases'].get(p, 0.0):11.2f}" for p in PHASES)
         batch = (f"{row['batch_size_raised_from']}->{row['batch_size']}"
@@ -212,7 +228,7 @@ def _table(model: str, tree: str, rows: list) -> None:
         print(f"  {row['call']:5s} {phases} {row['wall_seconds']:10.2f} {row['cpu_seconds']:6.1f}"
               f" {row['compilations']:9d} {row['calibration_rounds']:6d}"
               f"  {batch:>9s} {row['llc']:7.2f} ± {row['mcse']:.2f}  "
-              f"{row['load_average'][0]:.1f}")
+              f"{row['load_average'][0]:.1f}  {row.get('wall_over_main_run', float('nan')):.2f}")
 
 
 def main() -> None:
@@ -224,6 +240,9 @@ def main() -> None:
                         help="also the 50k-parameter DLN and the transformer head")
     parser.add_argument("--before", default=None,
                         help="a checkout of the code before the change, run side by side")
+    parser.add_argument("--keys", type=int, default=1,
+                        help="warm calls after the cold one, each with another key (the "
+                        "ratio to the main run is per key)")
     parser.add_argument("--pairing", action="store_true",
                         help="also the per-step cost of store=() vs the paired default")
     args = parser.parse_args()
@@ -238,7 +257,7 @@ def main() -> None:
     for model in models:
         results["models"][model] = {}
         for tree_name, tree in trees.items():  # before and after back to back, per model
-            rows = _child(CHILD, model, tree)
+            rows = _child(CHILD, model, tree, args.keys)
             results["models"][model][tree_name] = rows
             _table(model, tree_name, rows)
             path.write_text(json.dumps(results, indent=2))  # so far

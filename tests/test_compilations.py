@@ -2,7 +2,8 @@
 
 A cold ``estimate_llc`` compiles at most 8 programs (it compiled 28: calibration, checks and
 eager ops each had their own); a second call with another key, batch size or model of the
-same shapes compiles none. Counted in a fresh process, so that the programs other tests
+same shapes compiles none, nor does a batch raised after the burn-in (the draws continue
+the chains at it). Counted in a fresh process, so that the programs other tests
 compiled do not hide any. ``sample(batch_chunk=...)`` makes the batch size data: a run at a
 larger batch (the end-of-run noise rerun) or at the full batch reuses the program, and its
 minibatch mean is exact whatever the padding of the last chunk.
@@ -45,6 +46,21 @@ COLD_SCRIPT = textwrap.dedent(
             result = slt.estimate_llc(dln_loss, call_params, call_data, key=jax.random.key(key),
                                       batch_size=batch, **run)
         counts.append([counter.count, result.hyperparameters["batch_size"]])
+    # the check after the burn-in asks for a larger batch (its prediction raised to 2%, so 3%
+    # with the growth allowance; the end-of-run check is left as it is): the draws continue the
+    # chains at the full batch (500 x ceil(3) >= n), as data of the same program
+    from slt_jax.estimators import estimate
+    real, calls = estimate._noise_bias_at_end, []
+    def raised_after_burnin(*args, **kwargs):
+        calls.append(1)
+        bias = real(*args, **kwargs)
+        return max(bias, 0.02) if len(calls) == 1 else bias
+    estimate._noise_bias_at_end = raised_after_burnin
+    with slt.count_compilations() as counter:
+        result = slt.estimate_llc(dln_loss, params, data, key=jax.random.key(5), **run)
+    hyper = result.hyperparameters
+    counts.append([counter.count, hyper["batch_size"], hyper["batch_size_raised_from"],
+                   hyper["gradient_noise_bias_after_burnin"], len(calls)])
     print("RESULT" + json.dumps(counts))
     """
 )
@@ -55,11 +71,14 @@ def test_estimate_llc_compiles_at_most_8_programs_cold_and_none_again():
                                capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = [line for line in completed.stdout.splitlines() if line.startswith("RESULT")][-1]
-    (cold, _), (other_batch, batch), (other_model, _) = json.loads(line[len("RESULT"):])
+    (cold, _), (other_batch, batch), (other_model, _), raised = json.loads(line[len("RESULT"):])
     assert 1 <= cold <= 8, f"a cold estimate_llc compiled {cold} programs"
     assert batch == 1000
     assert other_batch == 0, "another key and batch size compiled again"
     assert other_model == 0, "a model of the same shapes compiled again"
+    # the batch chosen after the burn-in (here the full batch): the draws continue the chains
+    # in the same program, and the end-of-run check ran once more (no rerun)
+    assert raised == [0, None, 500, 0.02, 2], raised
 
 
 def _counting_loss(params, batch):

@@ -97,12 +97,25 @@ def estimate_llc(
     |relative error| of 0.95% and a maximum of 7.4%, where SGLD at the same bias gives 27% on an
     ill-conditioned depth-4 network (README, ``docs/calibration_findings.md``). If a chain
     diverges with a calibrated step size, the step size is halved and the run repeated
-    (``max_retries`` times). After the run, the minibatch gradient-noise bias is predicted again
-    where the chains ended (``hyperparameters["gradient_noise_bias_at_end"]``; the pilots end
-    closer to :math:`w^*`, where the per-example gradients differ less): above 2% the run is
-    repeated at a larger batch (``batch_size="auto"`` only; on the DLN suite this moved
-    ``[15, 4, 26]`` from +4.1% to +0.5% and ``[48, 256, 58]`` from +7.9% to +1.4%, at 3–5× the
-    time), and above 3% it warns. What remains (the calibration aims at 1%; about +1% on
+    (``max_retries`` times). The batch size is chosen **before the draws**
+    (``batch_size="auto"``, SGLD and SGHMC; :class:`_BurnInThenDraws`): the minibatch
+    gradient-noise bias is predicted again where the chains stand after the burn-in
+    (``hyperparameters["gradient_noise_bias_after_burnin"]``, relative to the LLC of the
+    burn-in's last quarter; the calibration's pilots end closer to :math:`w^*`, where the
+    per-example gradients differ less), and where 1.5 times it (:data:`NOISE_GROWTH`: it keeps
+    growing during the draws) exceeds 2% the batch is raised and the same chains continue at
+    it (no new chains, nothing compiles). After the run the bias is predicted where the chains
+    ended (``hyperparameters["gradient_noise_bias_at_end"]``, the reported number): above 3%
+    the run is repeated with fresh chains at a larger batch (above 2% when there was no check
+    after the burn-in: burn-in under 64 steps) and it warns if it is still above 3%. The
+    fresh rerun used to decide alone at 2% (``[15, 4, 26]`` +4.1% → +0.5%, ``[48, 256, 58]``
+    +7.9% → +1.4%, at 3–5× the time; 4.2–4.5× the main run on 3 of 5 keys of the demo DLN).
+    Now (``benchmarks/results/issue20_batch_before_draws_accuracy.json``):
+    ``[15, 4, 26]`` +1.3…+2.3% over 4 keys (rerun: +0.6…+2.3%), ``[48, 256, 58]`` +1.7%
+    (batch 3000 chosen after the burn-in), ``[18, 8, 19, 19, 5, 5, 7]`` −1.1% (its end check
+    still reruns: 1.2% after the burn-in, 6–7% at the end); the demo DLN's warm calls cost
+    1.19–1.38× their main run (``estimate_llc_time_issue20_batch_before_draws.json``). What
+    remains (the calibration aims at 1%; about +1% on
     regular models at batch 500) is reported, not subtracted, as
     ``hyperparameters["gradient_noise_bias"]`` and in ``result.summary()``. Where the
     friction alone cannot hold the noise bias at 1%, the calibration raises the batch
@@ -135,9 +148,11 @@ def estimate_llc(
         averaged into the estimate.
       steps_per_draw: sampler steps between recorded draws (thinning; default 1).
       batch_size: ``"auto"`` for 500 (full batch when ``n ≤ 500``), raised by the calibration where friction 1
-        is not enough against the gradient noise, and raised (up to 8×, or full batch) with the
-        run repeated when the gradient noise where the chains ended predicts more than 2%
-        bias; ``None`` for full batch, or an int (kept as given; a prediction above 3% warns).
+        is not enough against the gradient noise, raised (up to 8×, or full batch) after the
+        burn-in when 1.5× the gradient noise there predicts more than 2% bias (the chains
+        continue at it), and with the run repeated when the prediction where the chains ended
+        is still above 3%; ``None`` for full batch, or an int (kept as given; a prediction
+        above 3% warns).
       init_loss: :math:`L_n(w^*)`; computed on the full data in chunks if not given.
       safety_factor: :math:`\kappa` of the calibration, the step size is
         :math:`\kappa/\lambda_{max}(n\beta H + \gamma)` (default 0.1, about a 5% variance bias
@@ -154,8 +169,8 @@ def estimate_llc(
         gradient at :math:`w^*` against the curvature) and what to try.
       progress: ``True`` for progress bars (or a :class:`~slt_jax.sampling.ProgressMeter`):
         one per calibration step ("calibrating: top Hessian eigenvalue", "calibrating (pilot
-        k)", "calibrating: gradient noise") and one for the final run, each with a
-        "compiling" phase until its program has compiled.
+        k)", "calibrating: gradient noise") and one for the final run (two: its burn-in and
+        its draws), each with a "compiling" phase until its program has compiled.
       mesh, chain_axis, data_axis: shard chains / minibatches over devices (see
         :func:`slt_jax.sample`).
       mask: the weight-refined LLC :math:`\hat\lambda(w^*; V)` (docs/mathematics.md §2, arXiv 2410.02984):
@@ -206,12 +221,15 @@ def estimate_llc(
                chain_axis=chain_axis, data_axis=data_axis)
     if mesh is not None and data_axis is not None:  # the minibatch is sharded: one gather
         run["batch_chunk"] = None
+    main = _BurnInThenDraws(loss_fn, params, data, setup, run, batch_size == "auto")
     trace, chosen, retries = _sample_with_retries(
         loss_fn, params, data, setup.sampler, setup.sampling_key, run,
-        max_retries if setup.calibration else 0,
+        max_retries if setup.calibration else 0, run_once=main if main.checks else None,
     )
     trace, run, noise_at_end, batch_raised_from = _control_noise_at_end(
-        loss_fn, params, data, setup, chosen, trace, run, auto_batch=batch_size == "auto",
+        loss_fn, params, data, setup, chosen, trace, main.run, auto_batch=batch_size == "auto",
+        rerun_above=NOISE_WARNING if main.checks else NOISE_RERUN,
+        after_burnin=main.bias_after_burnin, raised_from=main.raised_from,
     )
     if batch_raised_from is None and getattr(setup.calibration, "batch_size", None) and \
             batch_size == "auto" and setup.num_examples > DEFAULT_BATCH_SIZE and \
@@ -235,6 +253,7 @@ def estimate_llc(
         drift_z=drift["z"], drift_shared_t=drift["shared_t"],
         gradient_noise_bias_at_end=noise_at_end,
         gradient_noise_bias=reported_noise_bias(noise_at_end, run["batch_size"], setup),
+        gradient_noise_bias_after_burnin=main.bias_after_burnin,
         batch_size=run["batch_size"], batch_size_raised_from=batch_raised_from,
     )
     return result._replace(hyperparameters=hyperparameters)
@@ -252,9 +271,10 @@ def reported_noise_bias(bias_at_end, batch_size, setup) -> float | None:
     return None if bias_at_end is None else float(bias_at_end)
 
 
-#: predicted relative LLC bias from minibatch gradient noise where the chains ended above which
-#: ``estimate_llc`` repeats the run at a larger batch (``batch_size="auto"``), and above which
-#: it warns (the calibration keeps the pilots' prediction at 1%)
+#: predicted relative LLC bias from minibatch gradient noise above which ``estimate_llc``
+#: raises the batch (``batch_size="auto"``: after the burn-in, :data:`NOISE_GROWTH` times the
+#: prediction there; where the chains ended without that check), and above which it warns and,
+#: after that check, repeats the run (the calibration keeps the pilots' prediction at 1%)
 NOISE_RERUN = 0.02
 NOISE_WARNING = 0.03
 #: the most the batch is raised by (the rerun costs about that much more per step)
@@ -312,50 +332,135 @@ def _noise_bias_at_end(loss_fn, params, data, setup, chosen, trace, batch_size, 
     return float("inf") if heating > floor else None
 
 
-def _control_noise_at_end(loss_fn, params, data, setup, chosen, trace, run, auto_batch):
-    """Where the end-of-run prediction exceeds :data:`NOISE_RERUN` and the batch size is the
-    default, run again (fresh chains, same lengths) at a batch that brings it to the
-    calibration's 1% (at most :data:`MAX_BATCH_FACTOR` times larger, or full batch); warn where
-    the prediction still exceeds :data:`NOISE_WARNING`.
-
-    Returns ``(trace, run, bias_at_end, batch_raised_from)``."""
+def _raised_batch(bias, batch_size, num_examples) -> int | None:
+    """The batch that brings a predicted bias to the calibration's 1%: ``batch_size`` times
+    ``ceil(bias / 1%)``, at most :data:`MAX_BATCH_FACTOR` times (also for an infinite bias,
+    the predicted heating >= the estimate), ``None`` (full batch) from ``num_examples`` on."""
     from slt_jax.calibration import DEFAULT_NOISE_TOLERANCE
 
+    # int(ceil(inf)) would raise (issue 17: 3 of 38 runs on a normal crossing crashed)
+    factor = (MAX_BATCH_FACTOR if not np.isfinite(bias)
+              else min(MAX_BATCH_FACTOR, int(np.ceil(bias / DEFAULT_NOISE_TOLERANCE))))
+    larger = batch_size * factor
+    return None if larger >= num_examples else larger
+
+
+#: ``estimate_llc``'s main run records the last ``num_burnin // BURNIN_TAIL`` burn-in steps
+#: to measure the LLC where the draws start (and re-equilibrates as long at a raised batch)
+BURNIN_TAIL = 4
+#: below this many recorded burn-in steps there is no check before the draws (the end-of-run
+#: check alone decides, with a fresh run above :data:`NOISE_RERUN`)
+MIN_BURNIN_TAIL = 16
+#: how much larger the gradient-noise bias averaged over the draws is than the one predicted
+#: after the burn-in: the chains keep spreading along flat directions, where the per-example
+#: gradients differ more (DLN ``[15, 4, 26]``, batch 500: 2.4% at the end of the burn-in,
+#: 2.7, 2.4, 3.2, 3.5, 3.7, 3.8, 3.5, 4.9% every 500 steps of the 4000 draws, mean 3.5% = 1.4×,
+#: while the LLC of each 500 stayed at 41-44; the demo DLN: 1.0-1.3% after the burn-in,
+#: 1.4-2.4% at the end); the check after the burn-in acts on ``NOISE_GROWTH`` times it
+NOISE_GROWTH = 1.5
+
+
+class _BurnInThenDraws:
+    r"""``estimate_llc``'s main run, choosing the batch size **before** the draws
+    (``batch_size="auto"``, samplers whose gradient-noise heating is modelled: SGLD, SGHMC).
+
+    1. Burn-in: one :func:`sample` call of ``num_burnin − t`` steps and ``t = num_burnin //
+       4`` recorded steps (the burn-in's last quarter).
+    2. The gradient-noise bias :math:`h/(\hat\lambda_t - h)` is predicted where the chains
+       stand after the burn-in (:func:`_noise_bias_at_end`: :math:`\operatorname{tr}V` of the
+       per-example gradients at the chains' positions, heating :math:`h` from
+       :func:`slt_jax.calibration.gradient_noise_heating`), relative to the LLC
+       :math:`\hat\lambda_t` of the recorded quarter: measured where the draws will start,
+       not where the calibration's 500-step pilots ended (nearer :math:`w^*`, where
+       :math:`\operatorname{tr}V` is smaller, so the pilots under-predict).
+    3. Where :data:`NOISE_GROWTH` times it (what it grows to, averaged over the draws)
+       exceeds :data:`NOISE_RERUN`, the batch is raised by :func:`_raised_batch` (the factor
+       rule of the end-of-run check, applied to the grown prediction) and the chains
+       re-equilibrate for ``t`` more steps at the new batch: the heating excess they shed is
+       a few per cent of the LLC, much less than the displacement from :math:`w^*` the whole
+       burn-in relaxed.
+    4. The draws continue the same chains (``sample(initial_state=...)``: nothing compiles,
+       the batch size is data of the chunked program); without a raise the chains are those
+       of one ``sample`` call with the same lengths, bit for bit.
+
+    ``bias_after_burnin``, ``raised_from`` and ``run`` (with the chosen batch) describe the
+    last call (one per step-size retry)."""
+
+    def __init__(self, loss_fn, params, data, setup, run, auto_batch):
+        self.arguments = (loss_fn, params, data)
+        self.setup, self.initial_run, self.run = setup, run, run
+        self.bias_after_burnin, self.raised_from = None, None
+        self.tail = run["num_burnin"] // BURNIN_TAIL
+        family = SAMPLER_FAMILIES.get(setup.sampler.name)
+        self.checks = bool(auto_batch and run["batch_size"] is not None
+                           and self.tail >= MIN_BURNIN_TAIL and family is not None
+                           and family.gradient_noise_heating is not None)
+
+    def __call__(self, chosen):
+        setup, run = self.setup, self.initial_run
+        head = {**run, "num_burnin": run["num_burnin"] - self.tail, "num_draws": self.tail,
+                "steps_per_draw": 1}
+        burnt = sample(*self.arguments, chosen, key=setup.sampling_key, **head)
+        bias = _noise_bias_at_end(*self.arguments, setup, chosen, burnt, run["batch_size"])
+        self.bias_after_burnin, self.raised_from, self.run = bias, None, run
+        settle = 0
+        if bias is not None and NOISE_GROWTH * bias > NOISE_RERUN:
+            self.raised_from = run["batch_size"]
+            self.run = {**run, "batch_size": _raised_batch(NOISE_GROWTH * bias,
+                                                           run["batch_size"], setup.num_examples)}
+            settle = self.tail
+        return sample(*self.arguments, chosen, key=setup.sampling_key,
+                      **{**self.run, "num_burnin": settle}, initial_state=burnt.state)
+
+
+def _control_noise_at_end(loss_fn, params, data, setup, chosen, trace, run, auto_batch, *,
+                          rerun_above=NOISE_RERUN, after_burnin=None, raised_from=None):
+    """Where the end-of-run prediction exceeds ``rerun_above`` (:data:`NOISE_RERUN`;
+    ``estimate_llc`` passes :data:`NOISE_WARNING` when its batch was chosen after the burn-in)
+    and the batch size is the default, run again (fresh chains, same lengths) at a batch that
+    brings it to the calibration's 1% (at most :data:`MAX_BATCH_FACTOR` times larger, or full
+    batch); warn where the prediction still exceeds :data:`NOISE_WARNING`. ``after_burnin``
+    (the prediction after the burn-in) goes into the warning, ``raised_from`` (a batch raised
+    before) is returned unless a rerun raises it now.
+
+    Returns ``(trace, run, bias_at_end, batch_raised_from)``."""
     batch_size = run["batch_size"]
     bias = _noise_bias_at_end(loss_fn, params, data, setup, chosen, trace, batch_size)
-    raised_from = None
-    if auto_batch and bias is not None and bias > NOISE_RERUN:
-        # an infinite bias (predicted heating >= the estimate) asks for the largest batch;
-        # int(ceil(inf)) would raise (issue 17: 3 of 38 runs on a normal crossing crashed)
-        factor = (MAX_BATCH_FACTOR if not np.isfinite(bias)
-                  else min(MAX_BATCH_FACTOR, int(np.ceil(bias / DEFAULT_NOISE_TOLERANCE))))
-        larger = batch_size * factor
-        raised_from, run = batch_size, {
-            **run, "batch_size": None if larger >= setup.num_examples else larger}
+    rerun = False
+    if auto_batch and bias is not None and bias > rerun_above:
+        raised_from = batch_size if raised_from is None else raised_from
+        run = {**run, "batch_size": _raised_batch(bias, batch_size, setup.num_examples)}
         # fresh chains from w*: continuing the old ones makes a longer run, and on deep linear
         # networks longer runs drift into stiffer regions (a continued chain of
         # [18, 8, 19, 19, 5, 5, 7] went from 28 to 60 where a fresh run at the larger batch read
         # 27.0 against λ = 27.5)
-        trace = sample(loss_fn, params, data, chosen,
-                       key=jax.random.fold_in(setup.sampling_key, 11), **run)
+        trace, rerun = sample(loss_fn, params, data, chosen,
+                              key=jax.random.fold_in(setup.sampling_key, 11), **run), True
         bias = _noise_bias_at_end(loss_fn, params, data, setup, chosen, trace, run["batch_size"])
     if bias is not None and bias > NOISE_WARNING:
-        calibrated = getattr(setup.calibration, "gradient_noise_bias", None)
-        then = (f" (the calibration's pilots, which end closer to w*, predicted {calibrated:.1%})"
-                if calibrated is not None and raised_from is None else "")
-        again = (f" after the run was repeated at batch_size={run['batch_size']}"
-                 if raised_from is not None else "")
-        size = (f"up to {bias:.1%}" if np.isfinite(bias)
-                else "as much as the whole estimate (the predicted heating exceeds it)")
-        warnings.warn(
-            f"minibatch gradient noise where the chains ended predicts an LLC overestimate of "
-            f"{size} at batch_size={run['batch_size']}{then}{again}: the estimate is "
-            "probably high by up to that much. The bias falls in proportion to 1/batch_size (and "
-            "to the step size); pass a larger batch_size, or a larger "
-            "sampler_options={'friction': ...} for SGHMC.",
-            RuntimeWarning, stacklevel=3,
-        )
+        _warn_noise_at_end(bias, run["batch_size"], setup, after_burnin, rerun)
     return trace, run, bias, raised_from
+
+
+def _warn_noise_at_end(bias, batch_size, setup, after_burnin, rerun):
+    """The warning of :func:`_control_noise_at_end` (the bias is above :data:`NOISE_WARNING`)."""
+    calibrated = getattr(setup.calibration, "gradient_noise_bias", None)
+    then = ""
+    if after_burnin is not None and not rerun:
+        then = f" (after the burn-in it predicted {after_burnin:.1%})"
+    elif calibrated is not None and not rerun:
+        then = f" (the calibration's pilots, which end closer to w*, predicted {calibrated:.1%})"
+    again = f" after the run was repeated at batch_size={batch_size}" if rerun else ""
+    size = (f"up to {bias:.1%}" if np.isfinite(bias)
+            else "as much as the whole estimate (the predicted heating exceeds it)")
+    warnings.warn(
+        f"minibatch gradient noise where the chains ended predicts an LLC overestimate of "
+        f"{size} at batch_size={batch_size}{then}{again}: the estimate is "
+        "probably high by up to that much. The bias falls in proportion to 1/batch_size (and "
+        "to the step size); pass a larger batch_size, or a larger "
+        "sampler_options={'friction': ...} for SGHMC.",
+        RuntimeWarning, stacklevel=4,
+    )
 
 
 #: |z| of the first-half vs second-half difference of the LLC draws above which a run is
@@ -603,12 +708,17 @@ def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization,
             nbeta, calibration)
 
 
-def _sample_with_retries(loss_fn, params, data, chosen, key, run, max_retries):
-    """Sample; if a chain diverges with a calibrated step size, halve it and run again."""
+def _sample_with_retries(loss_fn, params, data, chosen, key, run, max_retries, run_once=None):
+    """Sample; if a chain diverges with a calibrated step size, halve it and run again.
+    ``run_once(chosen) -> trace`` replaces the one ``sample`` call (``estimate_llc``'s
+    :class:`_BurnInThenDraws`)."""
     family = SAMPLER_FAMILIES.get(chosen.name)
     retries = 0
     while True:
-        trace = sample(loss_fn, params, data, chosen, key=key, **run)
+        if run_once is None:
+            trace = sample(loss_fn, params, data, chosen, key=key, **run)
+        else:
+            trace = run_once(chosen)
         failed = np.asarray(trace.diverged) | _runaway(trace)
         if not np.any(failed) or retries >= max_retries or family is None:
             return trace, chosen, retries
