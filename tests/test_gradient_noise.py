@@ -242,7 +242,7 @@ def test_estimate_llc_reports_the_noise_bias_where_the_chains_ended():
     assert quiet.hyperparameters["gradient_noise_bias_at_end"] is None
 
 
-def test_estimate_llc_reruns_at_a_larger_batch_when_the_end_of_run_noise_is_high():
+def test_estimate_llc_raises_the_batch_after_the_burnin_when_the_noise_is_high():
     """batch_size="auto" (500 of 4000) with a fixed step and friction 0.5: the prediction
     after the burn-in is ~3.5%, so (issue 20) the batch is raised before the draws to
     500·ceil(1.5·bias/1%) (1.5: what it grows to over the draws) and the chains continue at
