@@ -647,7 +647,7 @@ def recorded_hyperparameters(sampler_state) -> dict:
 
 
 class _CenterCheck(NamedTuple):
-    finite: jax.Array  # () bool: w*, data, query sets, losses and gradient at w* all finite
+    finite: jax.Array  # () bool: w*, data, losses and gradient at w* all finite
     lost_steps: jax.Array  # () int: coordinates whose typical step rounds to zero
     mean_loss: jax.Array  # () L_n(w*) over all of data (0 unless full_data)
     nonfinite_count: jax.Array  # () examples whose loss is non-finite (full_data)
@@ -661,11 +661,17 @@ def _all_finite_leaves(tree) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+#: the query sets' finiteness, apart from :func:`_center_check` so that a run with query sets and
+#: one without (``estimate_bif``'s :math:`L_n(w^*)`, then its run) share that program
+_query_sets_finite = jax.jit(_all_finite_leaves)
+
+
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size", "check_size"))
-def _center_check(params, data, query_data, displacement, full_data, gradient=False, *, loss_fn,
+def _center_check(params, data, displacement, full_data, gradient=False, *, loss_fn,
                   chunk_size, check_size) -> _CenterCheck:
     """Every check of the inputs at :math:`w^*` as one program (one compilation per model,
-    shared by ``sample``'s runs and ``estimate_llc``'s :math:`L_n(w^*)`): the finiteness that
+    shared by ``sample``'s runs, with or without query sets, and ``estimate_llc``'s
+    :math:`L_n(w^*)`): the finiteness that
     :func:`slt_jax._checks.check_finite_at_center` checks, the coordinates on which
     :func:`slt_jax._checks.warn_if_step_below_resolution`'s displacement is lost, and (when
     ``full_data``, a traced flag) the full-data mean loss with its non-finite examples, and
@@ -679,7 +685,7 @@ def _center_check(params, data, query_data, displacement, full_data, gradient=Fa
 
     (_, losses), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
     finite = (_all_finite_leaves(params) & _all_finite_leaves(data)
-              & _all_finite_leaves(query_data) & jnp.all(jnp.isfinite(losses))
+              & jnp.all(jnp.isfinite(losses))
               & _all_finite_leaves(grads))
     lost = sum(jnp.sum(displacement < (jnp.nextafter(jnp.abs(leaf), jnp.full_like(leaf, jnp.inf))
                                        - jnp.abs(leaf)).astype(jnp.float32) / 2)
@@ -738,11 +744,12 @@ def _check_at_center(loss_fn, params, data, query_data=None, sampler_name=None,
     displacement = (_step_displacement(sampler_name, hyperparameters)
                     if hyperparameters is not None else math.inf)
     result = _center_check(
-        params, data, dict(query_data or {}), np.float32(displacement), np.bool_(full_data),
+        params, data, np.float32(displacement), np.bool_(full_data),
         np.bool_(gradient), loss_fn=StructuralKey(loss_fn), chunk_size=min(chunk_size, n),
         check_size=min(n, FINITE_CHECK_EXAMPLES),
     )
-    if not bool(result.finite):
+    finite = bool(result.finite) and (not query_data or bool(_query_sets_finite(dict(query_data))))
+    if not finite:
         check_finite_at_center(loss_fn, params, data, query_data)  # raises, naming what and where
     total = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
     if int(result.lost_steps) >= LOST_STEP_FRACTION * total and hyperparameters is not None:
@@ -1163,7 +1170,13 @@ def checked_loss_at_center(loss_fn, params, data, *, chunk_size: int = 4096,
 
 
 class CompilationCounter:
-    """Counts XLA compilations (``count``) while registered as a ``jax.monitoring`` listener."""
+    """Counts XLA compilations (``count``) while registered as a ``jax.monitoring`` listener.
+
+    A program loaded from JAX's persistent compilation cache
+    (:func:`slt_jax.enable_compilation_cache`) counts too (JAX times the cache lookup as the
+    compilation): it was traced and lowered again and only XLA's part was skipped, so "compiles
+    nothing" means the same with a cache or without.
+    """
 
     EVENT = "/jax/core/compile/backend_compile_duration"
 
