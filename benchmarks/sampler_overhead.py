@@ -92,8 +92,20 @@ DEFAULT_OUTPUT = pathlib.Path(__file__).resolve().parent / "results" / "sampler_
 # --------------------------------------------------------------------------------------------
 
 
+#: ``--problem``: "mlp" (the default above) or "dln", the quick start's 260-parameter deep
+#: linear network [12, 10, 14] at its teacher (n = 10,000, squared error): a small model,
+#: where the driver's own per-step work is the largest share of a step
+PROBLEM = {"name": "mlp"}
+
+
 def make_problem(seed: int = 0):
-    """Synthetic classification data and MLP parameters at initialization."""
+    """Synthetic classification data and MLP parameters at initialization (or the DLN)."""
+    if PROBLEM["name"] == "dln":
+        from slt_jax.data import make_dln_data, make_dln_teacher
+
+        teacher = make_dln_teacher(jax.random.key(seed), [12, 10, 14], minimal_rank=True)
+        return teacher.params, make_dln_data(jax.random.key(seed + 1), teacher.params,
+                                             NUM_EXAMPLES)
     data_key, teacher_key, params_key = jax.random.split(jax.random.key(seed), 3)
     inputs = jax.random.normal(data_key, (NUM_EXAMPLES, WIDTHS[0]), jnp.float32)
     teacher = jax.random.normal(teacher_key, (WIDTHS[0], WIDTHS[-1]), jnp.float32)
@@ -103,7 +115,11 @@ def make_problem(seed: int = 0):
 
 
 def loss_fn(params, batch):
-    """Per-example softmax cross-entropy, shape ``(b,)``."""
+    """Per-example softmax cross-entropy (DLN: squared error), shape ``(b,)``."""
+    if PROBLEM["name"] == "dln":
+        from slt_jax.models import dln_loss
+
+        return dln_loss(params, batch)
     return mlp_classification_loss(params, batch)
 
 
@@ -393,7 +409,10 @@ def parse_arguments(argv=None):
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="minibatch size (256)"
     )
-    parser.add_argument("--output", type=pathlib.Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=pathlib.Path, default=None,
+                        help="results JSON (default results/sampler_overhead[_dln].json)")
+    parser.add_argument("--problem", choices=["mlp", "dln"], default="mlp",
+                        help="the 101k MLP (default) or the quick start's 260-parameter DLN")
     arguments = parser.parse_args(argv)
     if arguments.steps is None:
         arguments.steps = 100 if arguments.quick else 500
@@ -413,6 +432,10 @@ def parse_arguments(argv=None):
 
 def main(argv=None) -> dict:
     arguments = parse_arguments(argv)
+    PROBLEM["name"] = arguments.problem
+    if arguments.output is None:
+        arguments.output = (DEFAULT_OUTPUT if arguments.problem == "mlp" else
+                            DEFAULT_OUTPUT.with_name("sampler_overhead_dln.json"))
     params, data = make_problem()
     num_parameters = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
     nbeta = slt_jax.default_nbeta(NUM_EXAMPLES)
@@ -439,7 +462,7 @@ def main(argv=None) -> dict:
 
     info = machine_info()
     print(
-        f"sampler overhead: MLP {list(WIDTHS)} ({num_parameters:,} parameters), n={NUM_EXAMPLES:,}, "
+        f"sampler overhead: {'DLN [12, 10, 14]' if arguments.problem == 'dln' else 'MLP ' + str(list(WIDTHS))} ({num_parameters:,} parameters), n={NUM_EXAMPLES:,}, "
         f"batch {batch_size}; {info['backend']} x{info['device_count']}, {info['cpu_count']} CPUs, "
         f"jax {info['jax_version']}"
     )
@@ -494,11 +517,13 @@ def main(argv=None) -> dict:
         ),
         machine=info,
         settings=dict(
-            widths=list(WIDTHS),
+            problem=arguments.problem,
+            widths=list(WIDTHS) if arguments.problem == "mlp" else [12, 10, 14],
             num_parameters=num_parameters,
             num_examples=NUM_EXAMPLES,
             batch_size=batch_size,
-            loss="softmax cross-entropy (slt_jax.models.mlp_classification_loss)",
+            loss=("softmax cross-entropy (slt_jax.models.mlp_classification_loss)"
+                  if arguments.problem == "mlp" else "squared error (slt_jax.models.dln_loss)"),
             sgd_learning_rate=SGD_LEARNING_RATE,
             sgld_step_size=SGLD_STEP_SIZE,
             sgld_nbeta=nbeta,
