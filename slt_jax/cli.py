@@ -132,11 +132,14 @@ def _demo(args) -> int:
     raised_from = result.hyperparameters.get("batch_size_raised_from")
     if raised_from is not None:
         batch = result.hyperparameters["batch_size"]
+        from slt_jax.estimators.estimate import NOISE_GROWTH, NOISE_RERUN
+
         after = result.hyperparameters.get("gradient_noise_bias_after_burnin")
         why = ("after the burn-in the gradient noise where the chains stood predicted "
-               f"{after:.1%} bias (1.5x that over the draws); the same chains went on"
-               if after is not None and 1.5 * after > 0.02 else
-               "the gradient noise predicted more than 2% bias")
+               f"{after:.1%} bias ({NOISE_GROWTH:g}x that over the draws); the same chains "
+               "went on"
+               if after is not None and NOISE_GROWTH * after > NOISE_RERUN else
+               f"the gradient noise predicted more than {NOISE_RERUN:.0%} bias")
         print(f"batch size      : {raised_from} → {batch or 'full'} ({why})")
     print(
         f"estimated LLC   : {result.mean:.3f} ± {result.mcse:.3f} (MCSE)   "
