@@ -40,10 +40,12 @@ from slt_jax.samplers._base import (
     check_positive,
     check_unit_interval,
     mask_as_floats,
+    scalar_zero,
     scale_by_nbeta,
     standard_normal_like,
     tree_size,
     tree_sum_of_squares,
+    zeros_like_tree,
 )
 
 PyTree = Any
@@ -164,7 +166,7 @@ def rmsprop_preconditioner() -> Preconditioner:
 
     def init(params):
         return RMSPropPreconditionerState(
-            second_moment=jax.tree.map(jnp.zeros_like, params), count=jnp.zeros((), jnp.int32)
+            second_moment=zeros_like_tree(params), count=scalar_zero()
         )
 
     def update(grads, state, hyperparameters):
@@ -234,8 +236,8 @@ def adam_preconditioner() -> Preconditioner:
     """
 
     def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        count = jnp.zeros((), jnp.int32)
+        zeros = zeros_like_tree(params)
+        count = scalar_zero()
         return AdamPreconditionerState(zeros, zeros, count, count)
 
     def update(grads, state, hyperparameters):
@@ -624,7 +626,7 @@ def sgnht(
 
     def init(params):
         center, values, mask_floats = _initial_state(params, hyperparameters, mask)
-        momentum = jax.tree.map(jnp.zeros_like, params)
+        momentum = zeros_like_tree(params)
         thermostat = values["diffusion"]
         return SGNHTState(center, values, mask_floats, momentum, thermostat)
 
@@ -753,7 +755,7 @@ def sghmc(
 
     def init(params):
         center, values, mask_floats = _initial_state(params, hyperparameters, mask)
-        return SGHMCState(center, values, mask_floats, jax.tree.map(jnp.zeros_like, params))
+        return SGHMCState(center, values, mask_floats, zeros_like_tree(params))
 
     def euler_update(grads, state, params=None, *, key, **extra_args):
         values = {**state.hyperparameters, **overrides}
