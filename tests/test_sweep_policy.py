@@ -217,3 +217,34 @@ def test_the_papers_setting_is_a_named_option_with_the_old_numbers(regression):
     with pytest.raises(TypeError, match="fixed setting"):
         slt.llc_over_checkpoints(problem.loss_fn, checkpoints, problem.data,
                                  key=jax.random.key(1), sampler="refined_llc_paper", nbeta=100.0)
+
+
+def test_estimate_llc_runs_one_cell_of_a_paper_setting_sweep(regression):
+    """``estimate_llc(sampler="refined_llc_paper", mask=...)`` is one cell of
+    ``llc_over_checkpoints(sampler="refined_llc_paper")``: the same fixed sampler and lengths,
+    and estimates that agree within their error bars (other keys)."""
+    problem = regression
+    checkpoints = jax.tree.map(lambda w: w[None], problem.params)
+    half = np.array([True, True, False, False])
+    sweep = slt.llc_over_checkpoints(problem.loss_fn, checkpoints, problem.data,
+                                     key=jax.random.key(1), sampler="refined_llc_paper",
+                                     masks={"all": None, "half": half})
+    means = []
+    for column, mask in enumerate((None, half)):
+        # batch 32 at nβ = 30: the end-of-run check predicts a noise bias of ~15% and says so
+        with pytest.warns(RuntimeWarning, match="minibatch gradient noise"):
+            one = slt.estimate_llc(problem.loss_fn, problem.params, problem.data,
+                                   key=jax.random.key(5), sampler="refined_llc_paper", mask=mask)
+        hyper = one.hyperparameters
+        assert hyper["sampler"] == "sgld" and hyper["calibration"] is None
+        assert (hyper["num_draws"], hyper["num_burnin"], hyper["batch_size"]) == (200, 100, 32)
+        np.testing.assert_allclose([hyper["nbeta"], hyper["localization"], hyper["step_size"]],
+                                   [30.0, 200.0, 1e-3])
+        z = (one.mean - sweep.mean[0, column]) / np.hypot(one.mcse, sweep.mcse[0, column])
+        assert abs(z) < 3.5, (column, one.mean, sweep.mean[0, column], z)
+        means.append(one.mean)
+    # the mask reached the sampler: two of four near-isotropic directions give about half
+    assert 0.3 < means[1] / means[0] < 0.7, means
+    with pytest.raises(TypeError, match="fixed setting"):
+        slt.estimate_llc(problem.loss_fn, problem.params, problem.data, key=jax.random.key(5),
+                         sampler="refined_llc_paper", localization=10.0)

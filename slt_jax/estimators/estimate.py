@@ -56,11 +56,11 @@ def estimate_llc(
     key: jax.Array,
     sampler: str | Sampler | None = None,
     nbeta: float | None = None,
-    localization: float = 1.0,
+    localization: float | None = None,
     step_size: float | None = None,
     sampler_options: dict | None = None,
     num_chains: int = 4,
-    num_draws: int = 4000,
+    num_draws: int | None = None,
     num_burnin: int | None = None,
     steps_per_draw: int = 1,
     batch_size: int | None | str = "auto",
@@ -137,13 +137,21 @@ def estimate_llc(
       key: a ``jax.random.key`` (split for the calibration and the run).
       sampler: ``None``/``"sghmc"``, another sampler name (``"sgld"``, ``"rmsprop_sgld"``,
         ``"adam_sgld"``, ``"sgnht"``), or a ready sampler from :mod:`slt_jax.samplers` (then its
-        own hyperparameters are used and nothing is calibrated).
-      nbeta, localization, step_size: override the defaults / calibration.
+        own hyperparameters are used and nothing is calibrated), or ``"refined_llc_paper"``:
+        the fixed per-head setting of arXiv 2410.02984 that
+        ``llc_over_checkpoints(sampler="refined_llc_paper")`` runs
+        (:func:`slt_jax.estimators.refined_llc_sampler`: SGLD, step 1e-3, nβ = 30, γ = 200;
+        200 draws after 100, batch 32 unless given; with ``mask``), so one cell of such a sweep
+        can be estimated alone. It is not calibrated: ``nbeta``, ``localization``,
+        ``step_size`` and ``sampler_options`` raise ``TypeError`` with it.
+      nbeta, localization, step_size: override the defaults (nβ = n/log n, γ = 1) / the
+        calibration.
       sampler_options: other keyword arguments of the named sampler, e.g.
         ``{"friction": 0.3}`` for SGHMC (the calibration then uses that friction instead of
         choosing one) or ``{"decay": 0.999}`` for RMSProp-SGLD.
       num_chains: independent chains (default 4); their spread gives R̂ and the MCSE.
-      num_draws: recorded draws per chain (default 4000; at least 2, for an error bar).
+      num_draws: recorded draws per chain (default 4000, 200 with
+        ``sampler="refined_llc_paper"``; at least 2, for an error bar).
       num_burnin: discarded steps before the first draw (default ``num_draws // 2``); never
         averaged into the estimate.
       steps_per_draw: sampler steps between recorded draws (thinning; default 1).
@@ -207,6 +215,15 @@ def estimate_llc(
     """
     start = time.perf_counter()
     params = as_params(loss_fn, params)  # TrainResult, nnx.State, ... for adapters' loss_fns
+    if isinstance(sampler, str) and sampler == PAPER_SAMPLER:
+        sampler, num_draws, num_burnin, batch_size = _paper_setting(
+            params, data, mask, num_draws=num_draws, num_burnin=num_burnin,
+            batch_size=batch_size, nbeta=nbeta, localization=localization,
+            step_size=step_size, sampler_options=sampler_options,
+        )
+        mask = None  # in the sampler now
+    num_draws = DEFAULT_NUM_DRAWS if num_draws is None else num_draws
+    localization = 1.0 if localization is None else localization
     if mesh is not None:  # a mesh that cannot hold the chains fails now, not after calibrating
         batch = DEFAULT_BATCH_SIZE if batch_size == "auto" else batch_size
         batch = None if batch is None or batch >= num_examples(data) else batch
@@ -257,6 +274,30 @@ def estimate_llc(
         batch_size=run["batch_size"], batch_size_raised_from=batch_raised_from,
     )
     return result._replace(hyperparameters=hyperparameters)
+
+
+#: ``sampler=`` for the fixed per-head setting of arXiv 2410.02984
+#: (:func:`slt_jax.estimators.refined_llc_sampler`), as in ``llc_over_checkpoints``
+PAPER_SAMPLER = "refined_llc_paper"
+#: ``estimate_llc``'s recorded draws per chain
+DEFAULT_NUM_DRAWS = 4000
+
+
+def _paper_setting(params, data, mask, *, num_draws, num_burnin, batch_size,
+                   **calibration_arguments):
+    """``sampler="refined_llc_paper"``: the sweep's fixed sampler with ``mask`` (Frozen leaves
+    never sampled) and its run lengths where not given (``llc_over_checkpoints``' rule, so a
+    cell of a paper-setting sweep and this call run the same chains' settings). Returns
+    ``(sampler, num_draws, num_burnin, batch_size)``; ``TypeError`` for calibration
+    arguments, which the fixed setting does not take."""
+    from slt_jax.estimators.sweep import _masked_sampler, _policy  # the sweep imports us
+
+    _, sampler, lengths = _policy(
+        PAPER_SAMPLER, num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size,
+        num_examples=num_examples(data), calibration_arguments=calibration_arguments,
+    )
+    sampler = _masked_sampler(sampler, trainable(params, mask))
+    return sampler, lengths["num_draws"], lengths["num_burnin"], lengths["batch_size"]
 
 
 def reported_noise_bias(bias_at_end, batch_size, setup) -> float | None:
