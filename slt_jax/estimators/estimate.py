@@ -401,12 +401,22 @@ MIN_BURNIN_TAIL = 16
 NOISE_GROWTH = 1.5
 
 
+#: ``sample`` arguments of a main run that only its draws feed (``estimate_bif``'s streamed
+#: BIF and query sets): the burn-in's head run leaves them out, so its recorded tail never
+#: enters an estimate; it runs the calibration pilots' program (loss streams only), so it
+#: compiles nothing more where there were pilots (one program more with a given step size)
+DRAWS_ONLY = ("accumulators", "query_data", "observables", "store")
+
+
 class _BurnInThenDraws:
-    r"""``estimate_llc``'s main run, choosing the batch size **before** the draws
-    (``batch_size="auto"``, samplers whose gradient-noise heating is modelled: SGLD, SGHMC).
+    r"""The main run of ``estimate_llc`` and ``estimate_bif``, choosing the batch size
+    **before** the draws (``batch_size="auto"``, samplers whose gradient-noise heating is
+    modelled: SGLD, SGHMC).
 
     1. Burn-in: one :func:`sample` call of ``num_burnin − t`` steps and ``t = num_burnin //
-       4`` recorded steps (the burn-in's last quarter).
+       4`` recorded steps (the burn-in's last quarter), without the run's
+       :data:`DRAWS_ONLY` arguments (accumulators, query sets, observables, ``store``): only
+       the draws of step 4 enter an estimate.
     2. The gradient-noise bias :math:`h/(\hat\lambda_t - h)` is predicted where the chains
        stand after the burn-in (:func:`_noise_bias_at_end`: :math:`\operatorname{tr}V` of the
        per-example gradients at the chains' positions, heating :math:`h` from
@@ -421,8 +431,9 @@ class _BurnInThenDraws:
        a few per cent of the LLC, much less than the displacement from :math:`w^*` the whole
        burn-in relaxed.
     4. The draws continue the same chains (``sample(initial_state=...)``: nothing compiles,
-       the batch size is data of the chunked program); without a raise the chains are those
-       of one ``sample`` call with the same lengths, bit for bit.
+       the batch size is data of the chunked program), with the run's :data:`DRAWS_ONLY`
+       arguments (accumulators start empty); without a raise the chains are those of one
+       ``sample`` call with the same lengths, bit for bit.
 
     ``bias_after_burnin``, ``raised_from`` and ``run`` (with the chosen batch) describe the
     last call (one per step-size retry)."""
@@ -439,7 +450,8 @@ class _BurnInThenDraws:
 
     def __call__(self, chosen):
         setup, run = self.setup, self.initial_run
-        head = {**run, "num_burnin": run["num_burnin"] - self.tail, "num_draws": self.tail,
+        head = {**{name: value for name, value in run.items() if name not in DRAWS_ONLY},
+                "num_burnin": run["num_burnin"] - self.tail, "num_draws": self.tail,
                 "steps_per_draw": 1}
         burnt = sample(*self.arguments, chosen, key=setup.sampling_key, **head)
         bias = _noise_bias_at_end(*self.arguments, setup, chosen, burnt, run["batch_size"])

@@ -118,6 +118,9 @@ from slt_jax.calibration import DEFAULT_SAFETY_FACTOR
 from slt_jax.diagnostics import shared_drift
 from slt_jax.estimators.estimate import (
     DEFAULT_BATCH_SIZE,
+    NOISE_RERUN,
+    NOISE_WARNING,
+    _BurnInThenDraws,
     _calibrated_setup,
     _control_noise_at_end,
     _sample_with_retries,
@@ -870,7 +873,9 @@ def _batch_reason(batch_size, n: int) -> str:
                 "replacement is not the full batch (its gradient noise heated the posterior: "
                 "ridge n = 100 LDS 0.81 instead of 0.88)")
     if batch_size == "auto":
-        return f"{DEFAULT_BATCH_SIZE} (estimate_llc's), checked where the chains ended"
+        return (f"{DEFAULT_BATCH_SIZE} (estimate_llc's), checked after the burn-in (raised "
+                "before the draws where the gradient noise predicts a bias) and where the "
+                "chains ended")
     return "given"
 
 
@@ -937,6 +942,46 @@ def _draws_reason(num_draws, reached, target, total, max_draws, runs) -> str:
             f"{reached:.3g} > {target:g}")
 
 
+class _MainRun(NamedTuple):
+    """What :func:`_main_run` ran: the trace, the sampler it ran with (after any step-size
+    halvings), the run's ``sample`` arguments (with the chosen batch), the key its chains
+    continue with, and the gradient-noise evidence."""
+
+    trace: Any
+    sampler: Sampler
+    retries: int
+    run: dict
+    key: jax.Array
+    bias_after_burnin: float | None
+    bias_at_end: float | None
+    raised_from: int | None
+
+
+def _main_run(loss_fn, params, data, setup, run, auto_batch, max_retries) -> _MainRun:
+    """``estimate_llc``'s main-run policy (:class:`~slt_jax.estimators.estimate._BurnInThenDraws`):
+    the burn-in without the BIF's streams, the batch chosen where the chains stand after it,
+    the draws on the same chains (with the streams), divergence retries at half the step, and
+    the end-of-run check, which reruns fresh chains only above
+    :data:`~slt_jax.estimators.estimate.NOISE_WARNING` after that check (above
+    :data:`~slt_jax.estimators.estimate.NOISE_RERUN` without it: full batch, a given batch,
+    a burn-in under 64 steps)."""
+    main = _BurnInThenDraws(loss_fn, params, data, setup, run, auto_batch)
+    ran, chosen, retries = _sample_with_retries(
+        loss_fn, params, data, setup.sampler, setup.sampling_key, run, max_retries,
+        run_once=main if main.checks else None,
+    )
+    trace, run, bias_at_end, raised_from = _control_noise_at_end(
+        loss_fn, params, data, setup, chosen, ran, main.run, auto_batch=auto_batch,
+        rerun_above=NOISE_WARNING if main.checks else NOISE_RERUN,
+        after_burnin=main.bias_after_burnin, raised_from=main.raised_from,
+    )
+    # a rerun's fresh chains ran on their own key; the main run's continue on the run's key
+    key = (setup.sampling_key if trace is ran
+           else jax.random.fold_in(setup.sampling_key, 11))
+    return _MainRun(trace, chosen, retries, run, key, main.bias_after_burnin, bias_at_end,
+                    raised_from)
+
+
 def estimate_bif(
     loss_fn: Callable[[PyTree, PyTree], jax.Array],
     params: PyTree,
@@ -997,12 +1042,25 @@ def estimate_bif(
       entries (the posterior covariance estimated from finitely many draws) move a regression
       slope by about :math:`r/3`: at 0.1 the slope against Koh–Liang spread ±3% over keys,
       at 0.05 ±1.5%. On the README's cases this took 2.5k–30k draws per chain (seconds).
-    * Sampler, step size, friction, batch size, divergence retries and the end-of-run
-      gradient-noise check (with its rerun at a larger batch) are the calibrated-run policy of
-      :func:`slt_jax.estimate_llc` (SGHMC, BAOAB, step from the top Hessian eigenvalue),
-      except that ``batch_size="auto"`` is the full batch for :math:`n \le 500` (a batch of
-      :math:`n` drawn with replacement is not the full batch: its gradient noise heated the
-      ridge posterior and lowered its LDS from 0.88 to 0.81).
+    * Sampler, step size, friction, batch size, divergence retries and the gradient-noise
+      checks are the calibrated-run policy of :func:`slt_jax.estimate_llc` (SGHMC, BAOAB,
+      step from the top Hessian eigenvalue), except that ``batch_size="auto"`` is the full
+      batch for :math:`n \le 500` (a batch of :math:`n` drawn with replacement is not the
+      full batch: its gradient noise heated the ridge posterior and lowered its LDS from 0.88
+      to 0.81). Above 500 the batch is chosen **before the draws**, by ``estimate_llc``'s
+      main run (:class:`~slt_jax.estimators.estimate._BurnInThenDraws`): the burn-in runs
+      without the BIF's streams (its recorded last quarter measures the noise and enters
+      nothing), the gradient-noise bias is predicted where the chains stand after it
+      (``hyperparameters["gradient_noise_bias_after_burnin"]``), where 1.5 times it exceeds
+      2% the batch is raised (``batch_size_raised_from``), and the draws continue the same
+      chains with the streams (no new chains; a second call compiles nothing). Only where
+      the prediction where the chains ended still exceeds 3% are the draws repeated with
+      fresh chains at a larger batch (2% without the check after the burn-in). It used to
+      run the draws first and repeat them above 2%: on a regression with n = 4000 at batch
+      500 (nβ = 200, a given SGHMC step) that was a second run at batch 1500 with fresh
+      chains; now the batch is 2000–2500 from the start
+      and the BIF is the Gaussian posterior's within its error bars
+      (``tests/test_bif_batch_policy.py``).
     * Checks: :func:`slt_jax.diagnostics.shared_drift` on the streamed trends of both streams'
       means warns when drift shared by all chains dominates entries
       (``hyperparameters["shared_drift_dominated_fraction"]``); ``result.mcse`` is the batch-means
@@ -1117,19 +1175,12 @@ def estimate_bif(
         accumulators=_resumed(streaming),
         store=("loss", TRAIN_STREAM, QUERY_STREAM) if store_losses else ("loss",),
     )
-    trace, chosen, retries = _sample_with_retries(
-        sampled_loss, params, sampled_data, setup.sampler, setup.sampling_key, run,
-        max_retries if setup.calibration else 0,
-    )
-    trace, run, noise_at_end, batch_raised_from = _control_noise_at_end(
-        sampled_loss, params, sampled_data, setup, chosen, trace, run,
-        auto_batch=batch_size == "auto",
-    )
+    main = _main_run(sampled_loss, params, sampled_data, setup, run, batch_size == "auto",
+                     max_retries if setup.calibration else 0)
+    trace, chosen, retries, run = main.trace, main.sampler, main.retries, main.run
     # continue the same chains (and the same key: one long run) while the BIF is too noisy
-    run_key = (setup.sampling_key if batch_raised_from is None
-               else jax.random.fold_in(setup.sampling_key, 11))
     traces, values, mcse, reached = _draw_until_resolved(
-        partial(sample, sampled_loss, params, sampled_data, chosen, key=run_key), run, trace,
+        partial(sample, sampled_loss, params, sampled_data, chosen, key=main.key), run, trace,
         streaming, finalize, target if adaptive else float("inf"), max_draws,
     )
     total = sum(int(part.loss.shape[1]) for part in traces)  # draws per chain
@@ -1149,10 +1200,11 @@ def estimate_bif(
         relative_mcse=reached, relative_mcse_target=target if adaptive else None,
         mcse_method=mcse_method, num_query_examples=num_examples(query_data),
         shared_drift_dominated_fraction=drift.dominated_fraction,
-        gradient_noise_bias_at_end=noise_at_end,
-        gradient_noise_bias=reported_noise_bias(noise_at_end, run["batch_size"], setup),
+        gradient_noise_bias_at_end=main.bias_at_end,
+        gradient_noise_bias=reported_noise_bias(main.bias_at_end, run["batch_size"], setup),
+        gradient_noise_bias_after_burnin=main.bias_after_burnin,
         batch_size=run["batch_size"], batch_size_reason=batch_reason,
-        batch_size_raised_from=batch_raised_from,
+        batch_size_raised_from=main.raised_from,
     )
     llc_result = llc_result._replace(hyperparameters=hyperparameters)
     return BIFResult(values, llc_result, hyperparameters, trace, mcse)
