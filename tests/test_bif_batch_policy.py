@@ -123,3 +123,21 @@ def test_a_second_call_compiles_nothing(raised):
                                   **RUN)
     assert result.hyperparameters["batch_size_raised_from"] == estimate.DEFAULT_BATCH_SIZE
     assert compiled.count == 0, compiled
+
+
+def test_a_batch_the_calibration_raised_is_recorded_by_both_estimators():
+    """``batch_size_raised_from`` is 500 where the calibration (not a later check) raised the
+    default batch: one rule for ``estimate_llc`` and ``estimate_bif`` (``batch_raised_by``)."""
+    from types import SimpleNamespace
+
+    from slt_jax.estimators.estimate import batch_raised_by
+
+    def setup(calibrated, chosen, n=2000):
+        return SimpleNamespace(calibration=SimpleNamespace(batch_size=calibrated),
+                               num_examples=n, lengths={"batch_size": chosen})
+
+    assert batch_raised_by(setup(2000, None), "auto", None) == 500  # raised to the full batch
+    assert batch_raised_by(setup(1500, 1500), "auto", None) == 500
+    assert batch_raised_by(setup(500, 500), "auto", None) is None  # not raised
+    assert batch_raised_by(setup(2000, None), 500, None) is None  # a given batch
+    assert batch_raised_by(setup(500, 1500), "auto", 500) == 500  # raised after the burn-in

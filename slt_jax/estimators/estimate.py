@@ -248,10 +248,7 @@ def estimate_llc(
         rerun_above=NOISE_WARNING if main.checks else NOISE_RERUN,
         after_burnin=main.bias_after_burnin, raised_from=main.raised_from,
     )
-    if batch_raised_from is None and getattr(setup.calibration, "batch_size", None) and \
-            batch_size == "auto" and setup.num_examples > DEFAULT_BATCH_SIZE and \
-            setup.lengths["batch_size"] != DEFAULT_BATCH_SIZE:
-        batch_raised_from = DEFAULT_BATCH_SIZE  # by the calibration
+    batch_raised_from = batch_raised_by(setup, batch_size, batch_raised_from)
     trace, extensions = _extend_while_drifting(
         loss_fn, params, data, chosen, setup.sampling_key, run, trace, max_extensions
     )
@@ -298,6 +295,17 @@ def _paper_setting(params, data, mask, *, num_draws, num_burnin, batch_size,
     )
     sampler = _masked_sampler(sampler, trainable(params, mask))
     return sampler, lengths["num_draws"], lengths["num_burnin"], lengths["batch_size"]
+
+
+def batch_raised_by(setup, batch_size, raised_from) -> int | None:
+    """``hyperparameters["batch_size_raised_from"]``: the batch a run's checks raised
+    (``raised_from``), else :data:`DEFAULT_BATCH_SIZE` where the calibration raised the
+    default batch instead of cutting the step, else ``None``."""
+    if raised_from is None and getattr(setup.calibration, "batch_size", None) and \
+            batch_size == "auto" and setup.num_examples > DEFAULT_BATCH_SIZE and \
+            setup.lengths["batch_size"] != DEFAULT_BATCH_SIZE:
+        return DEFAULT_BATCH_SIZE  # by the calibration
+    return raised_from
 
 
 def reported_noise_bias(bias_at_end, batch_size, setup) -> float | None:

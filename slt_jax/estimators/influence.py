@@ -123,6 +123,7 @@ from slt_jax.estimators.estimate import (
     _BurnInThenDraws,
     _calibrated_setup,
     _control_noise_at_end,
+    batch_raised_by,
     _sample_with_retries,
     _warnings_at_caller,
     reported_noise_bias,
@@ -1204,7 +1205,7 @@ def estimate_bif(
         gradient_noise_bias=reported_noise_bias(main.bias_at_end, run["batch_size"], setup),
         gradient_noise_bias_after_burnin=main.bias_after_burnin,
         batch_size=run["batch_size"], batch_size_reason=batch_reason,
-        batch_size_raised_from=main.raised_from,
+        batch_size_raised_from=batch_raised_by(setup, batch_size, main.raised_from),
     )
     llc_result = llc_result._replace(hyperparameters=hyperparameters)
     return BIFResult(values, llc_result, hyperparameters, trace, mcse)
