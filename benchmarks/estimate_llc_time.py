@@ -134,9 +134,12 @@ else:  # the refined-LLC notebook's setting: one head of a trained attention-onl
     data = {"tokens": tokens}
     net = slt.models.AttentionOnlyTransformer(16, 16, d_model=32, num_heads=4, d_head=8,
                                               rngs=nnx.Rngs(0))
-    slt.training.train(net, slt.models.next_token_loss, data, optax.adam(3e-3),
-                       key=jax.random.key(1), num_steps=2000, batch_size=32)
-    loss_fn, params = slt.adapters.from_nnx(net, slt.models.next_token_loss)
+    run = slt.training.train(net, slt.models.next_token_loss, data, optax.adam(3e-3),
+                             key=jax.random.key(1), num_steps=2000, batch_size=32)
+    loss_fn, _ = slt.adapters.from_nnx(net, slt.models.next_token_loss)
+    # train() leaves the module as it was (until 2026-12-06 this timed the UNTRAINED model,
+    # whose head LLC read about -600): the trained parameters are the run's
+    params = slt.adapters.as_params(loss_fn, run)
     mask = slt.masks.head(params, "blocks/0/attn/*", head=0, axis=0)
     options = dict(num_draws=1000, mask=mask)
 jax.block_until_ready(data)

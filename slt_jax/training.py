@@ -207,7 +207,11 @@ def train(
 
     Returns:
       a :class:`TrainResult` with the stacked ``checkpoints``, their ``steps`` and the
-      per-step training ``losses``.
+      per-step training ``losses``. An NNX module passed in is **not** changed (unlike
+      ``nnx.Optimizer``): the trained model is ``result.model()``, and every estimator takes
+      ``result`` itself as its ``params`` (:func:`slt_jax.adapters.as_params`);
+      ``from_nnx(model, ...)[1]`` are the untrained parameters (two of this project's own
+      benchmarks timed an untrained transformer that way, whose head LLCs read about −600).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
