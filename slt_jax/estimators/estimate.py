@@ -233,6 +233,7 @@ def estimate_llc(
         step_size=step_size, sampler_options=sampler_options, safety_factor=safety_factor,
         num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
         batch_size=batch_size, init_loss=init_loss, progress=progress, mask=mask,
+        steps_per_draw=steps_per_draw,
     )
     run = dict(setup.lengths, steps_per_draw=steps_per_draw, progress=progress, mesh=mesh,
                chain_axis=chain_axis, data_axis=data_axis)
@@ -662,6 +663,13 @@ def _full_gradient_norm(loss_fn, params, data) -> float:
     return float(_check_at_center(loss_fn, params, data, gradient=True).gradient_norm)
 
 
+#: the calibration's pilot chains run this many steps per round, or the run's length where
+#: that is shorter: a 300-step run (the refined-LLC paper's 100 + 200) got three rounds of
+#: 500-step pilots, which measure where chains go that the run never reaches, at more cost
+#: than the run itself
+PILOT_STEPS = 500
+
+
 class CalibratedSetup(NamedTuple):
     """What :func:`_calibrated_setup` chose for a run (shared by ``estimate_llc`` and
     ``estimate_bif``)."""
@@ -677,9 +685,12 @@ class CalibratedSetup(NamedTuple):
 
 def _calibrated_setup(loss_fn, params, data, *, key, sampler, nbeta, localization, step_size,
                       sampler_options, safety_factor, num_chains, num_draws, num_burnin,
-                      batch_size, init_loss, progress=False, mask=None) -> CalibratedSetup:
+                      batch_size, init_loss, progress=False, mask=None,
+                      steps_per_draw=1) -> CalibratedSetup:
     """Defaults (batch size, burn-in, L_n(w*)) and the calibrated sampler; the calibration's
-    warnings are re-issued at the caller of ``estimate_llc`` / ``estimate_bif``."""
+    warnings are re-issued at the caller of ``estimate_llc`` / ``estimate_bif``. The pilots
+    are never longer than the run they calibrate (:data:`PILOT_STEPS` at most): they measure
+    the curvature where the run's chains can go."""
     check_run_lengths(num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin)
     nbeta = None if nbeta is None else check_positive_number("nbeta", nbeta)
     check_mask_samples_something(params, getattr(sampler, "mask", None) if mask is None else mask)
@@ -701,6 +712,7 @@ def _calibrated_setup(loss_fn, params, data, *, key, sampler, nbeta, localizatio
         localization=localization, step_size=step_size, sampler_options=sampler_options,
         safety_factor=safety_factor, init_loss=init_loss, num_chains=num_chains,
         batch_size=batch_size, progress=progress, mask=mask, stacklevel=4,
+        pilot_steps=min(PILOT_STEPS, num_burnin + num_draws * steps_per_draw),
         max_batch_size=min(n, MAX_BATCH_FACTOR * batch_size) if auto_batch and batch_size else None,
         batch_chunk=chunk,
     )
@@ -731,7 +743,8 @@ def run_hyperparameters(setup: CalibratedSetup, chosen, retries, start, **extra)
 
 def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization, step_size,
                     sampler_options, safety_factor, init_loss, num_chains, batch_size,
-                    progress=False, mask=None, max_batch_size=None, batch_chunk=None):
+                    progress=False, mask=None, max_batch_size=None, batch_chunk=None,
+                    pilot_steps=None):
     """The sampler to run, its nβ and the calibration (``None`` for a ready sampler)."""
     if isinstance(sampler, Sampler):
         if nbeta is not None or step_size is not None or sampler_options or mask is not None:
@@ -761,6 +774,7 @@ def _choose_sampler(loss_fn, params, data, sampler, *, key, nbeta, localization,
         sampler_name=name, safety_factor=safety_factor, num_chains=num_chains,
         batch_size=batch_size, init_loss=init_loss, progress=progress, mask=mask,
         max_batch_size=max_batch_size, batch_chunk=batch_chunk,
+        pilot_steps=PILOT_STEPS if pilot_steps is None else pilot_steps,
         **{k: user_options[k] for k in ("friction", "stability", "splitting")
            if k in user_options},
     )
