@@ -19,6 +19,10 @@ draws after 100, batch 32). This times, at the final checkpoint:
 
 ``--calibrated`` adds one head with ``estimate_llc``'s calibrated defaults at 200 draws
 (minutes on this CPU: the calibration's pilots and Lanczos iterations at batch 500).
+``--sweep`` runs the notebook's sweep instead: ``llc_over_checkpoints`` over 8 heads × 10
+checkpoints in the paper's setting (one program; a run per checkpoint, 8 cells × 4 chains
+stacked), cold and warm, against the cost of its sampling steps: the same 10 runs of 32
+chains × 300 steps as bare ``slt.sample`` calls (``head_llc_time_sweep.json``).
 Writes ``benchmarks/results/head_llc_time.json`` with load averages and CPU seconds.
 """
 
@@ -70,12 +74,58 @@ def _model():
     return loss_fn, params, data, heads
 
 
+def _sweep(results) -> None:
+    """8 heads × 10 checkpoints, paper setting, against bare ``sample`` runs of its steps."""
+    data = {"tokens": slt.data.make_induction_data(jax.random.key(0), 4096, 16, 16)["tokens"]}
+    model = slt.models.AttentionOnlyTransformer(16, 16, d_model=32, num_heads=4, d_head=8,
+                                                rngs=nnx.Rngs(0))
+    run = slt.training.train(model, slt.models.next_token_loss, data, optax.adam(3e-3),
+                             key=jax.random.key(1), num_steps=3000, batch_size=32,
+                             num_checkpoints=10)
+    loss_fn, params = slt.adapters.from_nnx(model, slt.models.next_token_loss)
+    heads = {f"L{layer}H{head}": slt.masks.head(params, f"blocks/{layer}/attn/*", head=head,
+                                                  axis=0)
+             for layer in range(2) for head in range(4)}
+    calls = []
+    for call, seed in (("cold", 2), ("warm", 3)):
+        sweep, row = _timed(lambda: slt.llc_over_checkpoints(
+            loss_fn, run, data, key=jax.random.key(seed), masks=heads,
+            sampler="refined_llc_paper"))
+        calls.append(dict(call=call, final_checkpoint_llc=np.asarray(sweep.mean)[-1].tolist(),
+                          **row))
+        print(f"sweep 8 x 10, {call}: {row['wall_seconds']:.1f} s, {row['compilations']} "
+              "compilations", flush=True)
+    sampler = slt.samplers.sgld(1e-3, 30.0, 200.0,
+                                mask=slt.masks.trainable(params, heads["L0H0"]))
+    bare = []
+    for seed in range(11):  # the first compiles; then one per checkpoint
+        _, row = _timed(lambda: slt.sample(
+            loss_fn, slt.adapters.as_params(loss_fn, run.checkpoint(seed % 10)), data, sampler,
+            key=jax.random.key(seed), num_chains=32, num_draws=200, num_burnin=100,
+            batch_size=32, store=("loss",)).loss)
+        bare.append(row)
+    steps = sum(row["wall_seconds"] for row in bare[1:])
+    results["sweep_8_heads_10_checkpoints"] = dict(
+        calls=calls, bare_sample_runs=bare, bare_sampling_seconds=steps,
+        cold_over_steps=calls[0]["wall_seconds"] / steps,
+        warm_over_steps=calls[1]["wall_seconds"] / steps)
+    print(f"its sampling steps: {steps:.1f} s; sweep / steps: cold "
+          f"{calls[0]['wall_seconds'] / steps:.2f}, warm {calls[1]['wall_seconds'] / steps:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calibrated", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
     results = {"jax": jax.__version__, "time": time.ctime(), "load_average_at_start": os.getloadavg()}
+    if args.sweep:
+        _sweep(results)
+        path = RESULTS / "head_llc_time_sweep.json"
+        path.write_text(json.dumps(results, indent=2, default=float))
+        print(f"wrote {path}")
+        return
     loss_fn, params, data, heads = _model()
     jax.block_until_ready(params)
     rows = []
