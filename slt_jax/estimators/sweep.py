@@ -47,7 +47,12 @@ from slt_jax._checks import (
 )
 from slt_jax.adapters import as_params
 from slt_jax.calibration import DEFAULT_SAFETY_FACTOR
-from slt_jax.estimators.estimate import DEFAULT_BATCH_SIZE, _calibrated_setup
+from slt_jax.estimators.estimate import (  # noqa: F401 (re-exported names)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_NUM_DRAWS,
+    PAPER_SAMPLER,
+    _calibrated_setup,
+)
 from slt_jax.estimators.llc import llc
 from slt_jax.masks import trainable
 from slt_jax.samplers import SAMPLER_FAMILIES, Sampler, sgld
@@ -66,8 +71,6 @@ PyTree = Any
 
 __all__ = ["LLCSweepResult", "llc_over_checkpoints", "refined_llc_sampler"]
 
-#: recorded draws per cell of the calibrated policy (``estimate_llc``'s default)
-DEFAULT_NUM_DRAWS = 4000
 
 
 def refined_llc_sampler() -> Sampler:
@@ -404,9 +407,8 @@ def llc_over_checkpoints(
     return _sweep_result(results, len(checkpoint_list), labels, init_losses, hyperparameters)
 
 
-#: ``sampler=`` for the fixed setting of arXiv 2410.02984 (:func:`refined_llc_sampler`)
-PAPER_SAMPLER = "refined_llc_paper"
-#: the run lengths that paper uses with it (4 chains)
+#: the run lengths arXiv 2410.02984 uses with :func:`refined_llc_sampler` (4 chains;
+#: ``sampler=PAPER_SAMPLER``)
 PAPER_LENGTHS = dict(num_draws=200, num_burnin=100, batch_size=32)
 
 
