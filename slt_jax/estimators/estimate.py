@@ -21,7 +21,7 @@ from slt_jax.calibration import DEFAULT_SAFETY_FACTOR, _split, calibrate_step_si
 from slt_jax.diagnostics import monte_carlo_standard_error, split_rhat
 from slt_jax.estimators.llc import RHAT_WARNING, LLCResult, llc, runaway_chains
 from slt_jax.masks import trainable
-from slt_jax.samplers import SAMPLER_FAMILIES, Sampler, default_nbeta
+from slt_jax.samplers import SAMPLER_FAMILIES, Sampler, default_nbeta, sgld
 from slt_jax.sampling import checked_loss_at_center, num_examples, sample
 
 PyTree = Any
@@ -217,7 +217,7 @@ def estimate_llc(
     params = as_params(loss_fn, params)  # TrainResult, nnx.State, ... for adapters' loss_fns
     if isinstance(sampler, str) and sampler == PAPER_SAMPLER:
         sampler, num_draws, num_burnin, batch_size = _paper_setting(
-            params, data, mask, num_draws=num_draws, num_burnin=num_burnin,
+            params, mask, num_draws=num_draws, num_burnin=num_burnin,
             batch_size=batch_size, nbeta=nbeta, localization=localization,
             step_size=step_size, sampler_options=sampler_options,
         )
@@ -275,27 +275,60 @@ def estimate_llc(
 
 
 #: ``sampler=`` for the fixed per-head setting of arXiv 2410.02984
-#: (:func:`slt_jax.estimators.refined_llc_sampler`), as in ``llc_over_checkpoints``
+#: (:func:`refined_llc_sampler`), in ``estimate_llc`` and ``llc_over_checkpoints``
 PAPER_SAMPLER = "refined_llc_paper"
+#: the run lengths arXiv 2410.02984 uses with :func:`refined_llc_sampler` (4 chains)
+PAPER_LENGTHS = dict(num_draws=200, num_burnin=100, batch_size=32)
 #: ``estimate_llc``'s recorded draws per chain
 DEFAULT_NUM_DRAWS = 4000
 
 
-def _paper_setting(params, data, mask, *, num_draws, num_burnin, batch_size,
+def refined_llc_sampler() -> Sampler:
+    """SGLD with the per-head refined-LLC settings of arXiv 2410.02984: step size 1e-3,
+    nβ = 30, γ = 200 (use with 4 chains × 200 draws, batch size 32).
+
+    ``llc_over_checkpoints(..., sampler="refined_llc_paper")`` and ``estimate_llc(...,
+    sampler="refined_llc_paper")`` run it with those lengths. Its LLCs are smaller than
+    ``estimate_llc``'s defaults' (smaller nβ, tighter localization γ): compare them only with
+    each other or with that paper."""
+    return sgld(step_size=1e-3, nbeta=30.0, localization=200.0)
+
+
+def check_paper_arguments(calibration_arguments: dict) -> None:
+    """``TypeError`` where ``sampler="refined_llc_paper"`` (a fixed setting) is given
+    calibration arguments (``nbeta``, ``localization``, ``step_size``, ``sampler_options``)."""
+    given = sorted(name for name, value in calibration_arguments.items() if value is not None)
+    if given:
+        raise TypeError(
+            f"sampler={PAPER_SAMPLER!r} is a fixed setting (SGLD, step 1e-3, nbeta 30, "
+            f"localization 200); {given} cannot change it. Pass "
+            "sampler=slt.samplers.sgld(...) with your values instead."
+        )
+
+
+def _masked_sampler(sampler, mask):
+    """The same sampler (same ``update`` code, so the same compiled program) with ``mask``."""
+    if not isinstance(sampler, Sampler):
+        raise TypeError(
+            "a sweep needs a sampler from slt_jax.samplers (it rebuilds the sampler "
+            f"with each component's mask), got {sampler!r}"
+        )
+    return sampler.factory(**sampler.hyperparameters, **dict(sampler.static), mask=mask)
+
+
+def _paper_setting(params, mask, *, num_draws, num_burnin, batch_size,
                    **calibration_arguments):
-    """``sampler="refined_llc_paper"``: the sweep's fixed sampler with ``mask`` (Frozen leaves
-    never sampled) and its run lengths where not given (``llc_over_checkpoints``' rule, so a
-    cell of a paper-setting sweep and this call run the same chains' settings). Returns
+    """``sampler="refined_llc_paper"``: :func:`refined_llc_sampler` with ``mask`` (Frozen
+    leaves never sampled) and :data:`PAPER_LENGTHS` where not given (``llc_over_checkpoints``'
+    rule, so a cell of a paper-setting sweep and this call run the same settings). Returns
     ``(sampler, num_draws, num_burnin, batch_size)``; ``TypeError`` for calibration
     arguments, which the fixed setting does not take."""
-    from slt_jax.estimators.sweep import _masked_sampler, _policy  # the sweep imports us
-
-    _, sampler, lengths = _policy(
-        PAPER_SAMPLER, num_draws=num_draws, num_burnin=num_burnin, batch_size=batch_size,
-        num_examples=num_examples(data), calibration_arguments=calibration_arguments,
-    )
-    sampler = _masked_sampler(sampler, trainable(params, mask))
-    return sampler, lengths["num_draws"], lengths["num_burnin"], lengths["batch_size"]
+    check_paper_arguments(calibration_arguments)
+    sampler = _masked_sampler(refined_llc_sampler(), trainable(params, mask))
+    return (sampler,
+            PAPER_LENGTHS["num_draws"] if num_draws is None else num_draws,
+            PAPER_LENGTHS["num_burnin"] if num_burnin is None else num_burnin,
+            PAPER_LENGTHS["batch_size"] if batch_size == "auto" else batch_size)
 
 
 def batch_raised_by(setup, batch_size, raised_from) -> int | None:

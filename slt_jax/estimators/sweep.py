@@ -50,12 +50,16 @@ from slt_jax.calibration import DEFAULT_SAFETY_FACTOR
 from slt_jax.estimators.estimate import (  # noqa: F401 (re-exported names)
     DEFAULT_BATCH_SIZE,
     DEFAULT_NUM_DRAWS,
+    PAPER_LENGTHS,
     PAPER_SAMPLER,
     _calibrated_setup,
+    _masked_sampler,
+    check_paper_arguments,
+    refined_llc_sampler,
 )
 from slt_jax.estimators.llc import llc
 from slt_jax.masks import trainable
-from slt_jax.samplers import SAMPLER_FAMILIES, Sampler, sgld
+from slt_jax.samplers import SAMPLER_FAMILIES, Sampler
 from slt_jax.sampling import (
     ChainState,
     SampleOptions,
@@ -71,16 +75,6 @@ PyTree = Any
 
 __all__ = ["LLCSweepResult", "llc_over_checkpoints", "refined_llc_sampler"]
 
-
-
-def refined_llc_sampler() -> Sampler:
-    """SGLD with the per-head refined-LLC settings of arXiv 2410.02984: step size 1e-3,
-    nβ = 30, γ = 200 (use with 4 chains × 200 draws, batch size 32).
-
-    ``llc_over_checkpoints(..., sampler="refined_llc_paper")`` runs it with those lengths. Its
-    LLCs are smaller than ``estimate_llc``'s (smaller nβ, tighter localization γ): compare them
-    only with each other or with that paper."""
-    return sgld(step_size=1e-3, nbeta=30.0, localization=200.0)
 
 
 class LLCSweepResult(NamedTuple):
@@ -131,16 +125,6 @@ def _components(masks, params) -> tuple[tuple, list]:
     for mask in masks:  # as estimate_llc: a mask that samples nothing is an error, not LLC 0
         check_mask_samples_something(params, mask)
     return labels, [everything if mask is None else mask for mask in masks]
-
-
-def _masked_sampler(sampler, mask):
-    """The same sampler (same ``update`` code, so the same compiled program) with ``mask``."""
-    if not isinstance(sampler, Sampler):
-        raise TypeError(
-            "llc_over_checkpoints needs a sampler from slt_jax.samplers (it rebuilds the sampler "
-            f"with each component's mask), got {sampler!r}"
-        )
-    return sampler.factory(**sampler.hyperparameters, **dict(sampler.static), mask=mask)
 
 
 def _stack(trees, repeats: int):
@@ -407,22 +391,11 @@ def llc_over_checkpoints(
     return _sweep_result(results, len(checkpoint_list), labels, init_losses, hyperparameters)
 
 
-#: the run lengths arXiv 2410.02984 uses with :func:`refined_llc_sampler` (4 chains;
-#: ``sampler=PAPER_SAMPLER``)
-PAPER_LENGTHS = dict(num_draws=200, num_burnin=100, batch_size=32)
-
-
 def _policy(sampler, *, num_draws, num_burnin, batch_size, num_examples, calibration_arguments):
     """``(policy, sampler, lengths)``: ``"calibrated"`` (a sampler name, estimate_llc's
     defaults), ``"refined_llc_paper"`` or ``"fixed"`` (a ready sampler)."""
     if isinstance(sampler, str) and sampler == PAPER_SAMPLER:
-        given = sorted(name for name, value in calibration_arguments.items() if value is not None)
-        if given:
-            raise TypeError(
-                f"sampler={PAPER_SAMPLER!r} is a fixed setting (SGLD, step 1e-3, nbeta 30, "
-                f"localization 200); {given} cannot change it. Pass "
-                "sampler=slt.samplers.sgld(...) with your values instead."
-            )
+        check_paper_arguments(calibration_arguments)
         policy, sampler = PAPER_SAMPLER, refined_llc_sampler()
         defaults = PAPER_LENGTHS
     else:
