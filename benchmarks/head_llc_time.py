@@ -37,10 +37,9 @@ import warnings
 
 import jax
 import numpy as np
-import optax
-from flax import nnx
 
 import slt_jax as slt
+from _transformer import trained_transformer  # benchmarks/: the shared model
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -58,27 +57,9 @@ def _timed(function):
     return result, row
 
 
-def _model():
-    """The notebook's real-size model, trained as the notebook trains it (10 checkpoints):
-    ``(loss_fn, run, trained params, data, heads)``."""
-    data = {"tokens": slt.data.make_induction_data(jax.random.key(0), 4096, 16, 16)["tokens"]}
-    model = slt.models.AttentionOnlyTransformer(16, 16, d_model=32, num_heads=4, d_head=8,
-                                                rngs=nnx.Rngs(0))
-    run = slt.training.train(model, slt.models.next_token_loss, data, optax.adam(3e-3),
-                             key=jax.random.key(1), num_steps=3000, batch_size=32,
-                             num_checkpoints=10)
-    loss_fn, _ = slt.adapters.from_nnx(model, slt.models.next_token_loss)
-    # train() leaves the module as it was: the trained parameters are the run's
-    params = slt.adapters.as_params(loss_fn, run)
-    heads = {f"L{layer}H{head}": slt.masks.head(params, f"blocks/{layer}/attn/*", head=head,
-                                                  axis=0)
-             for layer in range(2) for head in range(4)}
-    return loss_fn, run, params, data, heads
-
-
 def _sweep(results) -> None:
     """8 heads × 10 checkpoints, paper setting, against bare ``sample`` runs of its steps."""
-    loss_fn, run, params, data, heads = _model()
+    loss_fn, run, params, data, heads = trained_transformer()
     calls = []
     for call, seed in (("cold", 2), ("warm", 3)):
         sweep, row = _timed(lambda: slt.llc_over_checkpoints(
@@ -119,7 +100,7 @@ def main() -> None:
         path.write_text(json.dumps(results, indent=2, default=float))
         print(f"wrote {path}")
         return
-    loss_fn, _, params, data, heads = _model()
+    loss_fn, _, params, data, heads = trained_transformer()
     jax.block_until_ready(params)
     rows = []
     for k, (label, mask) in enumerate(heads.items()):

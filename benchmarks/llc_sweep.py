@@ -28,25 +28,18 @@ import warnings
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 import slt_jax as slt
+from _transformer import trained_transformer  # benchmarks/: the shared model
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "llc_sweep.json"
 
 
 def problem(args):
-    data = {"tokens": slt.data.make_induction_data(jax.random.key(0), 4096, 16, 16)["tokens"]}
-    model = slt.models.AttentionOnlyTransformer(16, 16, d_model=args.d_model, num_heads=args.heads,
-                                                d_head=args.d_model // args.heads,
-                                                rngs=nnx.Rngs(0))
-    run = slt.training.train(model, slt.models.next_token_loss, data, optax.adam(3e-3),
-                             key=jax.random.key(1), num_steps=args.train_steps, batch_size=32,
-                             num_checkpoints=args.checkpoints)
-    loss_fn, params = slt.adapters.from_nnx(model, slt.models.next_token_loss)
-    masks = {f"L{layer}H{head}": slt.masks.head(params, f"blocks/{layer}/attn/*", head=head, axis=0)
-             for layer in range(2) for head in range(args.heads)}
+    loss_fn, run, _, data, masks = trained_transformer(
+        d_model=args.d_model, heads=args.heads, train_steps=args.train_steps,
+        checkpoints=args.checkpoints)
     return loss_fn, run, data, masks
 
 

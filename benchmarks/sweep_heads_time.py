@@ -173,22 +173,11 @@ def instrument(clock):
 
 
 def problem(args):
-    import optax
-    from flax import nnx
+    from _transformer import trained_transformer  # benchmarks/: the shared model
 
-    import slt_jax as slt
-
-    data = {"tokens": slt.data.make_induction_data(jax.random.key(0), args.examples, 16, 16)["tokens"]}
-    model = slt.models.AttentionOnlyTransformer(16, 16, d_model=32, num_heads=4, d_head=8,
-                                                rngs=nnx.Rngs(0))
-    run = slt.training.train(model, slt.models.next_token_loss, data, optax.adam(3e-3),
-                             key=jax.random.key(1), num_steps=args.train_steps, batch_size=32,
-                             num_checkpoints=args.checkpoints)
-    loss_fn, params = slt.adapters.from_nnx(model, slt.models.next_token_loss)
-    masks = {f"L{layer}H{head}": slt.masks.head(params, f"blocks/{layer}/attn/*", head=head, axis=0)
-             for layer in range(2) for head in range(4)}
-    masks = dict(list(masks.items())[:args.heads])
-    return loss_fn, run, data, masks
+    loss_fn, run, _, data, masks = trained_transformer(
+        examples=args.examples, train_steps=args.train_steps, checkpoints=args.checkpoints)
+    return loss_fn, run, data, dict(list(masks.items())[:args.heads])
 
 
 def timed_call(clock, function):
